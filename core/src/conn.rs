@@ -1,0 +1,532 @@
+//! A client connection: the thin loop that pumps a socket through the codecs, and the
+//! per-connection application state (calls in progress, their deadlines).
+//!
+//! Two tasks per HTTP/2 connection share one `RefCell` (same thread, never held across an
+//! await): the reader feeds socket bytes to the codec and dispatches complete requests; the
+//! writer takes whatever output the codec has gathered (replies from any source) and writes it in
+//! one call. The reader stops reading while the output backlog is over its bound or while a
+//! request waits for a slot in the ring to the shard: that is the backpressure.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Instant;
+
+use metastore_net::grpc::{self, CallHead, Code, GrpcConn, HttpResponse, Status};
+use metastore_net::{http1, sniff, Protocol};
+use metastore_proto::health::health_check_response::ServingStatus;
+use metastore_proto::health::{HealthCheckRequest, HealthCheckResponse};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::net::TcpStream;
+use prost::Message;
+
+use crate::http;
+use crate::notify::LocalNotify;
+use crate::reactor::{Core, Shared, Submit};
+use crate::shard::{CallRef, Envelope, ShardReply, ShardRequest};
+
+/// Bytes read from the socket per read call.
+const READ_BYTES_MAX: usize = 64 << 10;
+/// Output (written or waiting for flow-control credit) above which the reader stops reading.
+const OUT_BYTES_MAX: usize = 4 << 20;
+
+const HEALTH: &str = "grpc.health.v1.Health";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    HealthCheck,
+    HealthWatch,
+}
+
+struct CallCtx {
+    method: Method,
+    deadline: Option<Instant>,
+    got_message: bool,
+}
+
+/// Work found while decoding, carried out once the codec is no longer borrowed.
+enum Work {
+    Shard { stream: u32, req: ShardRequest },
+    Fail { stream: u32, status: Status },
+}
+
+/// The application side of one connection (implements the codec's `Service`).
+struct App {
+    slot: u32,
+    gen: u32,
+    shared: std::sync::Arc<Shared>,
+    calls: HashMap<u32, CallCtx>,
+    ready: VecDeque<Work>,
+    arm: Vec<(Instant, u32)>,
+    cancelled: Vec<u32>,
+}
+
+impl App {
+    fn call_ref(&self, stream: u32) -> CallRef {
+        CallRef {
+            conn_slot: self.slot,
+            conn_gen: self.gen,
+            stream,
+        }
+    }
+}
+
+impl grpc::Service for App {
+    fn on_call(&mut self, id: u32, call: &CallHead<'_>) -> Result<(), Status> {
+        let method = match (call.service, call.method) {
+            (HEALTH, "Check") => Method::HealthCheck,
+            (HEALTH, "Watch") => Method::HealthWatch,
+            (HEALTH, m) => return Err(Status::unknown_method(HEALTH, m)),
+            (s, _) => return Err(Status::unknown_service(s)),
+        };
+        let deadline = call.timeout.map(|t| Instant::now() + t);
+        if let Some(at) = deadline {
+            self.arm.push((at, id));
+        }
+        self.calls.insert(
+            id,
+            CallCtx {
+                method,
+                deadline,
+                got_message: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn on_message(&mut self, id: u32, message: &[u8]) -> Result<(), Status> {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return Ok(());
+        };
+        if call.got_message {
+            // Unary and server-streaming calls take one request; grpc-go reads only the first.
+            return Ok(());
+        }
+        call.got_message = true;
+        let req = HealthCheckRequest::decode(message).map_err(|e| {
+            Status::new(
+                Code::INTERNAL,
+                format!("grpc: error unmarshalling request: {e}"),
+            )
+        })?;
+        self.ready.push_back(Work::Shard {
+            stream: id,
+            req: ShardRequest::Health {
+                service: req.service,
+            },
+        });
+        Ok(())
+    }
+
+    fn on_half_close(&mut self, id: u32) {
+        if let Some(call) = self.calls.get(&id) {
+            if !call.got_message {
+                // What grpc-go answers when a unary request has no message: io.EOF as Unknown.
+                self.ready.push_back(Work::Fail {
+                    stream: id,
+                    status: Status::new(Code::UNKNOWN, "EOF"),
+                });
+            }
+        }
+    }
+
+    fn on_cancel(&mut self, id: u32) {
+        if self.calls.remove(&id).is_some() {
+            self.cancelled.push(id);
+        }
+    }
+
+    fn on_http(&mut self, method: &[u8], path: &[u8]) -> Option<HttpResponse> {
+        http::route(&self.shared, method, path)
+    }
+}
+
+struct ConnState {
+    grpc: GrpcConn,
+    app: App,
+    /// The socket is done (EOF, error, or a connection error was sent).
+    closing: bool,
+}
+
+pub struct Conn {
+    pub slot: u32,
+    pub gen: u32,
+    state: std::cell::RefCell<ConnState>,
+    write_ready: LocalNotify,
+    read_ready: LocalNotify,
+}
+
+impl Conn {
+    fn new(core: &Core, slot: u32, gen: u32) -> Self {
+        let cfg = &core.shared.cfg;
+        let gcfg = grpc::Config {
+            h2: metastore_net::h2::Config {
+                max_concurrent_streams: cfg.max_concurrent_streams,
+                ..Default::default()
+            },
+            recv_message_bytes_max: cfg.recv_message_bytes_max(),
+        };
+        Self {
+            slot,
+            gen,
+            state: std::cell::RefCell::new(ConnState {
+                grpc: GrpcConn::new(gcfg),
+                app: App {
+                    slot,
+                    gen,
+                    shared: core.shared.clone(),
+                    calls: HashMap::new(),
+                    ready: VecDeque::new(),
+                    arm: Vec::new(),
+                    cancelled: Vec::new(),
+                },
+                closing: false,
+            }),
+            write_ready: LocalNotify::default(),
+            read_ready: LocalNotify::default(),
+        }
+    }
+
+    /// A reply from the shard for one of this connection's calls.
+    pub fn on_shard_reply(&self, core: &Core, stream: u32, reply: ShardReply) {
+        let mut st = self.state.borrow_mut();
+        st.apply_reply(core, stream, reply);
+        drop(st);
+        self.write_ready.notify();
+    }
+
+    /// A deadline armed for `stream` passed.
+    pub fn on_deadline(&self, core: &Core, stream: u32, at: Instant) {
+        let mut st = self.state.borrow_mut();
+        let due = st
+            .app
+            .calls
+            .get(&stream)
+            .is_some_and(|c| c.deadline == Some(at));
+        if !due {
+            return;
+        }
+        st.end_call(core, stream, &deadline_exceeded());
+        drop(st);
+        self.write_ready.notify();
+    }
+
+    /// Graceful shutdown: health watchers hear NOT_SERVING and end; GOAWAY goes out.
+    pub fn drain(&self, core: &Core) {
+        let mut st = self.state.borrow_mut();
+        let watchers: Vec<(CallRef, bool)> = core
+            .health_watchers
+            .borrow()
+            .iter()
+            .filter(|(c, _)| c.conn_slot == self.slot && c.conn_gen == self.gen)
+            .copied()
+            .collect();
+        for (call, known) in watchers {
+            st.end_watch(core, call.stream, known);
+        }
+        st.grpc.h2.start_drain();
+        drop(st);
+        self.write_ready.notify();
+        self.read_ready.notify();
+    }
+}
+
+fn deadline_exceeded() -> Status {
+    Status::new(Code::DEADLINE_EXCEEDED, "context deadline exceeded")
+}
+
+fn encode_health(status: ServingStatus) -> impl FnOnce(&mut Vec<u8>) {
+    move |buf| {
+        // Encoding into a Vec cannot fail: it grows as needed.
+        let _ = HealthCheckResponse {
+            status: status as i32,
+        }
+        .encode(buf);
+    }
+}
+
+impl ConnState {
+    /// Carries out what the last `recv` found. Returns false while a request waits for a slot in
+    /// the ring to the shard (the waker is registered for it).
+    fn process(&mut self, core: &Core, waker: &std::task::Waker) -> bool {
+        for (at, stream) in self.app.arm.drain(..) {
+            core.arm_deadline(
+                at,
+                CallRef {
+                    conn_slot: self.app.slot,
+                    conn_gen: self.app.gen,
+                    stream,
+                },
+            );
+        }
+        if !self.app.cancelled.is_empty() {
+            let (slot, gen) = (self.app.slot, self.app.gen);
+            let cancelled = &self.app.cancelled;
+            core.health_watchers.borrow_mut().retain(|(c, _)| {
+                !(c.conn_slot == slot && c.conn_gen == gen && cancelled.contains(&c.stream))
+            });
+            self.app.cancelled.clear();
+        }
+        while let Some(work) = self.app.ready.pop_front() {
+            match work {
+                Work::Fail { stream, status } => {
+                    self.app.calls.remove(&stream);
+                    self.grpc.finish(stream, &status);
+                }
+                Work::Shard { stream, req } => {
+                    let Some(call) = self.app.calls.get(&stream) else {
+                        continue;
+                    };
+                    let env = Envelope {
+                        call: self.app.call_ref(stream),
+                        deadline: call.deadline,
+                        req,
+                    };
+                    match core.submit(env, waker) {
+                        Submit::Done(reply) => self.apply_reply(core, stream, reply),
+                        Submit::Sent => {}
+                        Submit::Full(env) => {
+                            self.app.ready.push_front(Work::Shard {
+                                stream,
+                                req: env.req,
+                            });
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn apply_reply(&mut self, core: &Core, stream: u32, reply: ShardReply) {
+        let Some(call) = self.app.calls.get(&stream) else {
+            return;
+        };
+        match (call.method, reply) {
+            (_, ShardReply::DeadlineExceeded) => self.end_call(core, stream, &deadline_exceeded()),
+            (Method::HealthCheck, ShardReply::Health(Some(s))) => {
+                self.app.calls.remove(&stream);
+                self.grpc.reply(stream, encode_health(s));
+            }
+            (Method::HealthCheck, ShardReply::Health(None)) => {
+                self.end_call(
+                    core,
+                    stream,
+                    &Status::new(Code::NOT_FOUND, "unknown service"),
+                );
+            }
+            (Method::HealthWatch, ShardReply::Health(s)) => {
+                let status = s.unwrap_or(ServingStatus::ServiceUnknown);
+                self.grpc.send_message(stream, encode_health(status));
+                let known = s.is_some();
+                if core.is_draining() {
+                    self.end_watch(core, stream, known);
+                } else {
+                    core.health_watchers
+                        .borrow_mut()
+                        .push((self.app.call_ref(stream), known));
+                }
+            }
+        }
+    }
+
+    /// Ends a Health.Watch at shutdown: a last NOT_SERVING for a known service, then UNAVAILABLE.
+    fn end_watch(&mut self, core: &Core, stream: u32, known: bool) {
+        if known {
+            self.grpc
+                .send_message(stream, encode_health(ServingStatus::NotServing));
+        }
+        self.end_call(
+            core,
+            stream,
+            &Status::new(Code::UNAVAILABLE, "etcdserver: server stopped"),
+        );
+    }
+
+    fn end_call(&mut self, core: &Core, stream: u32, status: &Status) {
+        self.app.calls.remove(&stream);
+        let me = self.app.call_ref(stream);
+        core.health_watchers.borrow_mut().retain(|(c, _)| *c != me);
+        self.grpc.finish(stream, status);
+    }
+
+    fn out_backlog(&self) -> usize {
+        self.grpc.h2.out().len() + self.grpc.h2.blocked_bytes()
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(core: Rc<Core>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, wr) = stream.into_split();
+    // Sniff the protocol from the first bytes.
+    let mut first = Vec::with_capacity(READ_BYTES_MAX);
+    let proto = loop {
+        let buf = Vec::with_capacity(READ_BYTES_MAX);
+        let (res, buf) = rd.read(buf).await;
+        match res {
+            Ok(0) | Err(_) => return,
+            Ok(_) => first.extend_from_slice(&buf),
+        }
+        if let Some(p) = sniff(&first) {
+            break p;
+        }
+    };
+    match proto {
+        Protocol::Http1 => serve_http1(&core, rd, wr, first).await,
+        Protocol::Http2 => serve_h2(core, rd, wr, first).await,
+    }
+}
+
+type ReadHalf = monoio::io::OwnedReadHalf<TcpStream>;
+type WriteHalf = monoio::io::OwnedWriteHalf<TcpStream>;
+
+async fn serve_h2(core: Rc<Core>, mut rd: ReadHalf, wr: WriteHalf, first: Vec<u8>) {
+    let conn = core.add_conn(|slot, gen| Rc::new(Conn::new(&core, slot, gen)));
+    if core.is_draining() {
+        conn.state.borrow_mut().grpc.h2.start_drain();
+    }
+    let writer = monoio::spawn(write_loop(conn.clone(), wr));
+    conn.write_ready.notify(); // our SETTINGS
+    let mut pending = first;
+    let mut rbuf = Vec::with_capacity(READ_BYTES_MAX);
+    'conn: loop {
+        // Feed what we have.
+        if !pending.is_empty() {
+            let mut st = conn.state.borrow_mut();
+            let ConnState { grpc, app, .. } = &mut *st;
+            let used = grpc.recv(&pending, app);
+            pending.drain(..used);
+            let done = st.grpc.h2.is_closed();
+            drop(st);
+            conn.write_ready.notify();
+            if done {
+                break;
+            }
+        }
+        // Dispatch; wait while the ring to the shard is full or the output is backed up.
+        loop {
+            let blocked = poll_fn(|cx| {
+                let mut st = conn.state.borrow_mut();
+                if st.closing {
+                    return Poll::Ready(None);
+                }
+                if st.process(&core, cx.waker()) {
+                    Poll::Ready(Some(st.out_backlog() > OUT_BYTES_MAX))
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+            conn.write_ready.notify();
+            match blocked {
+                None => break 'conn,
+                Some(false) => break,
+                Some(true) => conn.read_ready.notified().await,
+            }
+        }
+        if conn.state.borrow().grpc.h2.is_done() {
+            break;
+        }
+        let (res, buf) = rd.read(rbuf).await;
+        rbuf = buf;
+        match res {
+            Ok(0) | Err(_) => break,
+            Ok(n) => pending.extend_from_slice(&rbuf[..n]),
+        }
+        rbuf.clear();
+    }
+    conn.state.borrow_mut().closing = true;
+    conn.write_ready.notify();
+    let _ = writer.await;
+    // Calls still open die with the connection.
+    let mut st = conn.state.borrow_mut();
+    st.app.calls.clear();
+    drop(st);
+    core.remove_conn(conn.slot, conn.gen);
+}
+
+async fn write_loop(conn: Rc<Conn>, mut wr: WriteHalf) {
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_BYTES_MAX);
+    loop {
+        let finished = {
+            let mut st = conn.state.borrow_mut();
+            if st.grpc.h2.out().is_empty() {
+                Some(st.closing || st.grpc.h2.is_done())
+            } else {
+                st.grpc.h2.take_out(&mut buf);
+                None
+            }
+        };
+        match finished {
+            Some(true) => break,
+            Some(false) => {
+                conn.write_ready.notified().await;
+                continue;
+            }
+            None => {}
+        }
+        let (res, b) = wr.write_all(buf).await;
+        buf = b;
+        buf.clear();
+        conn.read_ready.notify();
+        if res.is_err() {
+            conn.state.borrow_mut().closing = true;
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+    conn.read_ready.notify();
+}
+
+async fn serve_http1(core: &Core, mut rd: ReadHalf, mut wr: WriteHalf, first: Vec<u8>) {
+    let mut buf = first;
+    let mut out = Vec::new();
+    loop {
+        match http1::parse_request(&buf) {
+            Ok(Some(req)) => {
+                let total = req.head_len + req.body_len;
+                let close = req.close;
+                let resp = http::route(&core.shared, req.method.as_bytes(), req.path.as_bytes())
+                    .unwrap_or_else(http::not_found);
+                http1::write_response(&mut out, resp.status, resp.content_type, &resp.body, close);
+                // Skip the body, reading more if it has not all arrived.
+                while buf.len() < total {
+                    let (res, chunk) = rd.read(Vec::with_capacity(READ_BYTES_MAX)).await;
+                    match res {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => buf.extend_from_slice(&chunk),
+                    }
+                }
+                buf.drain(..total);
+                let (res, o) = wr.write_all(out).await;
+                out = o;
+                out.clear();
+                if res.is_err() || close {
+                    let _ = wr.shutdown().await;
+                    return;
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let status = if e == http1::Error::TooLarge {
+                    413
+                } else {
+                    400
+                };
+                http1::write_response(&mut out, status, "text/plain; charset=utf-8", b"", true);
+                let _ = wr.write_all(out).await;
+                let _ = wr.shutdown().await;
+                return;
+            }
+        }
+        let (res, chunk) = rd.read(Vec::with_capacity(READ_BYTES_MAX)).await;
+        match res {
+            Ok(0) | Err(_) => return,
+            Ok(_) => buf.extend_from_slice(&chunk),
+        }
+    }
+}

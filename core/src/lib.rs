@@ -1,0 +1,11 @@
+//! The MetaStore server: per-core reactors and the rings between them, the data shard, the
+//! services, configuration, and the `metastore` binary's start and stop.
+
+pub mod config;
+pub mod conn;
+pub mod http;
+pub mod notify;
+pub mod reactor;
+pub mod ring;
+pub mod server;
+pub mod shard;

@@ -1,0 +1,71 @@
+//! `metastore`: with no flags, serves the etcd v3 API on 127.0.0.1:2379 with its data in
+//! ./default.metastore, as `etcd` does. SIGINT or SIGTERM drains and stops it.
+
+use std::process::ExitCode;
+
+use metastore_core::config::{self, Command};
+use metastore_core::server;
+
+fn main() -> ExitCode {
+    let cfg = match config::parse_args(std::env::args().skip(1)) {
+        Ok(Command::Serve(cfg)) => cfg,
+        Ok(Command::Help) => {
+            print!("{}", config::usage());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("metastore Version: {}", env!("CARGO_PKG_VERSION"));
+            println!("etcd API Version: 3.5");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("metastore: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    // Block the stop signals before any thread starts, so every thread inherits the mask and
+    // only this one receives them (in sigwait below).
+    let set = stop_signals();
+    // SAFETY: `set` is a valid, initialised signal set; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+
+    let server = match server::start(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("metastore: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` is initialised and `sig` is a valid place for the result.
+    let rc = unsafe { libc::sigwait(&set, &mut sig) };
+    if rc != 0 {
+        tracing::error!(rc, "sigwait failed; stopping");
+    }
+    tracing::info!(signal = sig, "received a stop signal; draining");
+    server.stop();
+    server.join();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before any use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` points to a sigset_t owned by this frame.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+    }
+    set
+}

@@ -1,0 +1,394 @@
+//! One core: its reactor's tasks and the state they share. Everything here lives on one thread
+//! (`Rc`/`RefCell`, no locks); the only ways in from other threads are the rings to and from the
+//! shard and the stop signal.
+
+use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use atomic_waker::AtomicWaker;
+use slab::Slab;
+
+use crate::config::Config;
+use crate::conn::Conn;
+use crate::notify::{LocalNotify, WaitList};
+use crate::ring::{Receiver, Sender};
+use crate::shard::{CallRef, Envelope, ReplyEnvelope, Shard, ShardReply};
+
+/// Requests in flight from one core to the shard, and replies back. A full ring stops the
+/// connections that want to send more from reading.
+pub const SHARD_RING_ENTRIES_MAX: usize = 1024;
+/// Items one task takes from a ring before yielding to the core's other tasks.
+pub const RING_BATCH_MAX: usize = 256;
+
+/// Counters of one core: written by that core only (relaxed single-writer), summed by readers.
+#[derive(Default)]
+pub struct CoreStats {
+    pub conns_open: AtomicU64,
+    pub conns_accepted: AtomicU64,
+    pub ring_full_waits: AtomicU64,
+    pub shard_requests_sent: AtomicU64,
+}
+
+impl CoreStats {
+    pub fn add(c: &AtomicU64, n: u64) {
+        // Single writer: a load and a store, no read-modify-write on a contended line.
+        c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+    pub fn sub(c: &AtomicU64, n: u64) {
+        c.store(
+            c.load(Ordering::Relaxed).saturating_sub(n),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Set once by the main thread; each core waits on its own waker.
+pub struct StopSignal {
+    flag: AtomicBool,
+    wakers: Vec<AtomicWaker>,
+}
+
+impl StopSignal {
+    pub fn new(cores: usize) -> Self {
+        Self {
+            flag: AtomicBool::new(false),
+            wakers: (0..cores).map(|_| AtomicWaker::new()).collect(),
+        }
+    }
+
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        for w in &self.wakers {
+            w.wake();
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    pub async fn wait(&self, core: usize) {
+        poll_fn(|cx| {
+            if self.is_stopped() {
+                return Poll::Ready(());
+            }
+            self.wakers[core].register(cx.waker());
+            if self.is_stopped() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// What all cores share, read-only after start (stats are per-core atomics).
+pub struct Shared {
+    pub cfg: Config,
+    pub driver: &'static str,
+    pub stats: Vec<CoreStats>,
+    pub stop: StopSignal,
+}
+
+/// How this core reaches the shard.
+pub enum ShardLink {
+    /// The shard lives here: requests are plain calls. `inbound` pairs each other core's
+    /// request ring with the reply ring back to it.
+    Local {
+        shard: RefCell<Shard>,
+        inbound: RefCell<Vec<(Receiver<Envelope>, Sender<ReplyEnvelope>)>>,
+    },
+    Remote {
+        tx: RefCell<Sender<Envelope>>,
+        rx: RefCell<Receiver<ReplyEnvelope>>,
+        space: WaitList,
+    },
+}
+
+pub enum Submit {
+    /// Answered at once (the shard is on this core).
+    Done(ShardReply),
+    /// On its way; the reply arrives through `deliver`.
+    Sent,
+    /// The ring is full; the caller's waker is registered for a free slot.
+    Full(Envelope),
+}
+
+pub struct Core {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub link: ShardLink,
+    conns: RefCell<Slab<(u32, Rc<Conn>)>>,
+    next_gen: Cell<u32>,
+    timers: RefCell<BinaryHeap<Reverse<(Instant, CallRef)>>>,
+    timer_notify: LocalNotify,
+    /// Health.Watch streams on this core: (call, whether its service name is known).
+    pub health_watchers: RefCell<Vec<(CallRef, bool)>>,
+    draining: Cell<bool>,
+    drain_waiters: WaitList,
+    pub drained: LocalNotify,
+}
+
+impl Core {
+    pub fn new(id: usize, shared: Arc<Shared>, link: ShardLink) -> Self {
+        Self {
+            id,
+            shared,
+            link,
+            conns: RefCell::new(Slab::new()),
+            next_gen: Cell::new(1),
+            timers: RefCell::new(BinaryHeap::new()),
+            timer_notify: LocalNotify::default(),
+            health_watchers: RefCell::new(Vec::new()),
+            draining: Cell::new(false),
+            drain_waiters: WaitList::default(),
+            drained: LocalNotify::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &CoreStats {
+        &self.shared.stats[self.id]
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Resolves once this core starts draining (any number of tasks may wait).
+    pub async fn wait_drain(&self) {
+        poll_fn(|cx| {
+            if self.draining.get() {
+                return Poll::Ready(());
+            }
+            self.drain_waiters.register(cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Registers a new connection; returns its slot and generation.
+    pub fn add_conn(&self, make: impl FnOnce(u32, u32) -> Rc<Conn>) -> Rc<Conn> {
+        let gen = self.next_gen.get();
+        self.next_gen.set(gen.wrapping_add(1).max(1));
+        let mut conns = self.conns.borrow_mut();
+        let entry = conns.vacant_entry();
+        let slot = entry.key() as u32;
+        let conn = make(slot, gen);
+        entry.insert((gen, conn.clone()));
+        CoreStats::add(&self.stats().conns_open, 1);
+        CoreStats::add(&self.stats().conns_accepted, 1);
+        conn
+    }
+
+    pub fn remove_conn(&self, slot: u32, gen: u32) {
+        let mut conns = self.conns.borrow_mut();
+        if conns.get(slot as usize).is_some_and(|(g, _)| *g == gen) {
+            conns.remove(slot as usize);
+            CoreStats::sub(&self.stats().conns_open, 1);
+        }
+        let empty = conns.is_empty();
+        drop(conns);
+        self.health_watchers
+            .borrow_mut()
+            .retain(|(c, _)| !(c.conn_slot == slot && c.conn_gen == gen));
+        if empty && self.draining.get() {
+            self.drained.notify();
+        }
+    }
+
+    pub fn conn(&self, slot: u32, gen: u32) -> Option<Rc<Conn>> {
+        let conns = self.conns.borrow();
+        conns
+            .get(slot as usize)
+            .filter(|(g, _)| *g == gen)
+            .map(|(_, c)| c.clone())
+    }
+
+    pub fn conn_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// Sends a request to the shard, or runs it here when the shard is local.
+    pub fn submit(&self, env: Envelope, waker: &Waker) -> Submit {
+        match &self.link {
+            ShardLink::Local { shard, .. } => Submit::Done(shard.borrow_mut().handle(
+                env.req,
+                env.deadline,
+                Instant::now(),
+            )),
+            ShardLink::Remote { tx, space, .. } => match tx.borrow_mut().try_send(env) {
+                Ok(()) => {
+                    CoreStats::add(&self.stats().shard_requests_sent, 1);
+                    Submit::Sent
+                }
+                Err(env) => {
+                    CoreStats::add(&self.stats().ring_full_waits, 1);
+                    space.register(waker);
+                    Submit::Full(env)
+                }
+            },
+        }
+    }
+
+    /// A reply for one of this core's calls.
+    pub fn deliver(&self, r: ReplyEnvelope) {
+        if let Some(conn) = self.conn(r.call.conn_slot, r.call.conn_gen) {
+            conn.on_shard_reply(self, r.call.stream, r.reply);
+        }
+    }
+
+    /// Arms a deadline for a call; the timer task answers DEADLINE_EXCEEDED when it passes.
+    pub fn arm_deadline(&self, at: Instant, call: CallRef) {
+        let mut timers = self.timers.borrow_mut();
+        let earliest = timers.peek().is_none_or(|Reverse((t, _))| at < *t);
+        timers.push(Reverse((at, call)));
+        if earliest {
+            self.timer_notify.notify();
+        }
+    }
+
+    /// Fires expired deadlines; returns how long until the next one.
+    fn fire_deadlines(&self, now: Instant) -> Option<Duration> {
+        loop {
+            let next = {
+                let mut timers = self.timers.borrow_mut();
+                match timers.peek() {
+                    None => return None,
+                    Some(Reverse((t, _))) if *t > now => return Some(*t - now),
+                    Some(_) => timers.pop().map(|Reverse(x)| x),
+                }
+            };
+            if let Some((at, call)) = next {
+                if let Some(conn) = self.conn(call.conn_slot, call.conn_gen) {
+                    conn.on_deadline(self, call.stream, at);
+                }
+            }
+        }
+    }
+
+    /// Starts the graceful drain: watchers learn NOT_SERVING, connections get GOAWAY.
+    pub fn start_drain(&self) {
+        self.draining.set(true);
+        self.drain_waiters.wake_all();
+        if let ShardLink::Local { shard, .. } = &self.link {
+            shard.borrow_mut().shutdown();
+        }
+        let conns: Vec<Rc<Conn>> = self
+            .conns
+            .borrow()
+            .iter()
+            .map(|(_, (_, c))| c.clone())
+            .collect();
+        for c in &conns {
+            c.drain(self);
+        }
+        if conns.is_empty() {
+            self.drained.notify();
+        }
+    }
+}
+
+/// The deadline task: sleeps until the earliest deadline, or until an earlier one is armed.
+pub async fn timer_loop(core: Rc<Core>) {
+    loop {
+        match core.fire_deadlines(Instant::now()) {
+            None => core.timer_notify.notified().await,
+            Some(wait) => {
+                monoio::select! {
+                    _ = monoio::time::sleep(wait) => {}
+                    _ = core.timer_notify.notified() => {}
+                }
+            }
+        }
+    }
+}
+
+/// On cores without the shard: delivers replies, and wakes connections waiting for ring space.
+pub async fn reply_loop(core: Rc<Core>) {
+    let ShardLink::Remote { tx, rx, space } = &core.link else {
+        return;
+    };
+    let mut batch = Vec::with_capacity(RING_BATCH_MAX);
+    loop {
+        let open = poll_fn(|cx| {
+            let mut rx = rx.borrow_mut();
+            while batch.len() < RING_BATCH_MAX {
+                match rx.try_recv() {
+                    Some(r) => batch.push(r),
+                    None => break,
+                }
+            }
+            if !space.is_empty() && tx.borrow_mut().poll_ready(cx).is_ready() {
+                space.wake_all();
+            }
+            if !batch.is_empty() {
+                return Poll::Ready(true);
+            }
+            match rx.poll_readable(cx) {
+                Poll::Ready(()) if rx.is_empty() => Poll::Ready(false), // shard core gone
+                Poll::Ready(()) => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        for r in batch.drain(..) {
+            core.deliver(r);
+        }
+        if !open {
+            return;
+        }
+    }
+}
+
+/// On the shard's core: takes requests from every other core's ring, answers into its reply
+/// ring. A request is taken only when its reply has a slot, so the shard never blocks.
+pub async fn shard_loop(core: Rc<Core>) {
+    let ShardLink::Local { shard, inbound } = &core.link else {
+        return;
+    };
+    loop {
+        poll_fn(|cx| {
+            let mut inbound = inbound.borrow_mut();
+            let mut worked = false;
+            let now = Instant::now();
+            for (rx, tx) in inbound.iter_mut() {
+                let mut n = 0;
+                while n < RING_BATCH_MAX && tx.slots() > 0 {
+                    let Some(env) = rx.try_recv() else { break };
+                    let reply = shard.borrow_mut().handle(env.req, env.deadline, now);
+                    let pushed = tx.try_send(ReplyEnvelope {
+                        call: env.call,
+                        reply,
+                    });
+                    debug_assert!(pushed.is_ok(), "a slot was checked free");
+                    n += 1;
+                }
+                worked |= n > 0;
+                if tx.slots() == 0 {
+                    let _ = tx.poll_ready(cx);
+                } else {
+                    let _ = rx.poll_readable(cx);
+                }
+            }
+            if worked {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        // Let this core's connections run between batches.
+        crate::notify::yield_now().await;
+    }
+}

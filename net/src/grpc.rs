@@ -1,0 +1,727 @@
+//! gRPC over HTTP/2 (grpc/grpc `doc/PROTOCOL-HTTP2.md`), without IO.
+//!
+//! [`GrpcConn`] wraps an HTTP/2 [`Connection`]: it sorts requests into gRPC calls and plain HTTP
+//! requests, reassembles length-prefixed messages that span any number of DATA frames (handing
+//! out a slice of the input when a message sits inside one frame), enforces the receive limit
+//! before buffering, and answers protocol-level failures the way grpc-go does. Replies are
+//! appended to the connection's output, so a unary reply's HEADERS, DATA and trailers leave in
+//! one write.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::frame::ErrorCode;
+use crate::h2::{self, Connection, HeaderList};
+
+/// etcd's gRPC receive limit: `--max-request-bytes` (1.5 MiB) + 512 KiB of grpc overhead.
+pub const RECV_MESSAGE_BYTES_DEFAULT: usize = 2 * 1024 * 1024;
+const PREFIX_LEN: usize = 5;
+
+/// gRPC status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Code(pub u32);
+
+impl Code {
+    pub const OK: Self = Self(0);
+    pub const CANCELLED: Self = Self(1);
+    pub const UNKNOWN: Self = Self(2);
+    pub const INVALID_ARGUMENT: Self = Self(3);
+    pub const DEADLINE_EXCEEDED: Self = Self(4);
+    pub const NOT_FOUND: Self = Self(5);
+    pub const ALREADY_EXISTS: Self = Self(6);
+    pub const PERMISSION_DENIED: Self = Self(7);
+    pub const RESOURCE_EXHAUSTED: Self = Self(8);
+    pub const FAILED_PRECONDITION: Self = Self(9);
+    pub const ABORTED: Self = Self(10);
+    pub const OUT_OF_RANGE: Self = Self(11);
+    pub const UNIMPLEMENTED: Self = Self(12);
+    pub const INTERNAL: Self = Self(13);
+    pub const UNAVAILABLE: Self = Self(14);
+    pub const DATA_LOSS: Self = Self(15);
+    pub const UNAUTHENTICATED: Self = Self(16);
+}
+
+/// A call's outcome: code and message, sent as `grpc-status` / `grpc-message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub code: Code,
+    pub message: Cow<'static, str>,
+}
+
+impl Status {
+    pub const fn ok() -> Self {
+        Self {
+            code: Code::OK,
+            message: Cow::Borrowed(""),
+        }
+    }
+
+    pub fn new(code: Code, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// grpc-go's answer for a service this server does not have.
+    pub fn unknown_service(service: &str) -> Self {
+        Self::new(Code::UNIMPLEMENTED, format!("unknown service {service}"))
+    }
+
+    /// grpc-go's answer for a method a known service does not have.
+    pub fn unknown_method(service: &str, method: &str) -> Self {
+        Self::new(
+            Code::UNIMPLEMENTED,
+            format!("unknown method {method} for service {service}"),
+        )
+    }
+}
+
+/// Limits of the gRPC layer.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub h2: h2::Config,
+    /// Largest request message accepted; larger ones get RESOURCE_EXHAUSTED before buffering.
+    pub recv_message_bytes_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            h2: h2::Config::default(),
+            recv_message_bytes_max: RECV_MESSAGE_BYTES_DEFAULT,
+        }
+    }
+}
+
+/// What the application sees of a new gRPC call.
+pub struct CallHead<'a> {
+    pub service: &'a str,
+    pub method: &'a str,
+    /// From `grpc-timeout`, if the client set one.
+    pub timeout: Option<Duration>,
+    /// All request headers (metadata such as `token` or `hasleader`).
+    pub headers: &'a HeaderList,
+}
+
+/// A plain HTTP response (for requests that are not gRPC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+/// The application's side. Callbacks run inside [`GrpcConn::recv`]; replies are sent after it
+/// returns, through the `GrpcConn`.
+pub trait Service {
+    /// A new call. Returning an error answers it at once (trailers-only).
+    fn on_call(&mut self, id: u32, call: &CallHead<'_>) -> Result<(), Status>;
+    /// One complete request message.
+    fn on_message(&mut self, id: u32, message: &[u8]) -> Result<(), Status>;
+    /// The client finished sending (END_STREAM).
+    fn on_half_close(&mut self, id: u32);
+    /// The call is gone (RST_STREAM from the client, or a stream error): drop its work.
+    fn on_cancel(&mut self, id: u32);
+    /// A request that is not gRPC. `None` answers as grpc-go does: HTTP 415.
+    fn on_http(&mut self, method: &[u8], path: &[u8]) -> Option<HttpResponse>;
+}
+
+enum CallKind {
+    Grpc,
+    /// A plain HTTP request, answered once its body has arrived.
+    Http(Option<HttpResponse>),
+}
+
+struct Call {
+    kind: CallKind,
+    headers_sent: bool,
+    /// The application accepted the call (`on_call` returned Ok) and so holds state for it.
+    accepted: bool,
+    /// A failure was answered; the rest of the request is ignored.
+    failed: bool,
+    /// Whether `grpc-encoding` named a codec (we only speak identity).
+    encoding: Option<Box<str>>,
+    prefix: [u8; PREFIX_LEN],
+    prefix_len: usize,
+    /// Length of the message being reassembled into `body`.
+    body_len: Option<usize>,
+    body: Vec<u8>,
+}
+
+type CallMap = HashMap<u32, Call>;
+
+enum Action {
+    Finish {
+        id: u32,
+        http_status: u16,
+        status: Status,
+    },
+    Http {
+        id: u32,
+        response: HttpResponse,
+    },
+}
+
+pub struct GrpcConn {
+    pub h2: Connection,
+    calls: CallMap,
+    actions: Vec<Action>,
+    scratch: Vec<u8>,
+    recv_message_bytes_max: usize,
+}
+
+impl GrpcConn {
+    pub fn new(cfg: Config) -> Self {
+        Self {
+            h2: Connection::new(cfg.h2),
+            calls: CallMap::new(),
+            actions: Vec::new(),
+            scratch: Vec::with_capacity(4096),
+            recv_message_bytes_max: cfg.recv_message_bytes_max,
+        }
+    }
+
+    /// Feeds socket bytes; returns how many were consumed (see [`Connection::recv`]).
+    pub fn recv(&mut self, input: &[u8], svc: &mut impl Service) -> usize {
+        let mut adapter = Adapter {
+            calls: &mut self.calls,
+            actions: &mut self.actions,
+            svc,
+            recv_message_bytes_max: self.recv_message_bytes_max,
+        };
+        let n = self.h2.recv(input, &mut adapter);
+        let mut actions = std::mem::take(&mut self.actions);
+        for action in actions.drain(..) {
+            match action {
+                Action::Finish {
+                    id,
+                    http_status,
+                    status,
+                } => self.finish_with(id, http_status, &status),
+                Action::Http { id, response } => self.send_http(id, &response),
+            }
+        }
+        self.actions = actions;
+        n
+    }
+
+    /// Whether the call is still open (not finished, not cancelled).
+    pub fn is_open(&self, id: u32) -> bool {
+        self.calls.contains_key(&id)
+    }
+
+    fn ensure_headers(&mut self, id: u32) -> bool {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return false;
+        };
+        if !call.headers_sent {
+            call.headers_sent = true;
+            self.h2.send_headers(
+                id,
+                &[(b":status", b"200"), (b"content-type", b"application/grpc")],
+                false,
+            );
+        }
+        true
+    }
+
+    /// Sends one response message; `encode` appends the message bytes to the buffer it is given.
+    pub fn send_message(&mut self, id: u32, encode: impl FnOnce(&mut Vec<u8>)) {
+        if !self.ensure_headers(id) {
+            return;
+        }
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&[0; PREFIX_LEN]);
+        encode(&mut self.scratch);
+        let len = (self.scratch.len() - PREFIX_LEN) as u32;
+        self.scratch[1..PREFIX_LEN].copy_from_slice(&len.to_be_bytes());
+        let scratch = std::mem::take(&mut self.scratch);
+        self.h2.send_data(id, &scratch, false);
+        self.scratch = scratch;
+    }
+
+    /// Ends the call with `status`: trailers after a response, trailers-only otherwise.
+    pub fn finish(&mut self, id: u32, status: &Status) {
+        self.finish_with(id, 200, status);
+    }
+
+    /// A unary reply: HEADERS, the message and the OK trailers, appended together.
+    pub fn reply(&mut self, id: u32, encode: impl FnOnce(&mut Vec<u8>)) {
+        self.send_message(id, encode);
+        self.finish(id, &Status::ok());
+    }
+
+    fn finish_with(&mut self, id: u32, http_status: u16, status: &Status) {
+        let Some(call) = self.calls.remove(&id) else {
+            return;
+        };
+        let code = itoa_u32(status.code.0);
+        let message = percent_encode(&status.message);
+        if call.headers_sent {
+            let mut fields: [(&[u8], &[u8]); 2] = [(b"grpc-status", code.as_bytes()), (b"", b"")];
+            let n = if message.is_empty() {
+                1
+            } else {
+                fields[1] = (b"grpc-message", message.as_bytes());
+                2
+            };
+            self.h2.send_trailers(id, &fields[..n]);
+        } else {
+            let http = itoa_u32(http_status as u32);
+            let mut fields: [(&[u8], &[u8]); 4] = [
+                (b":status", http.as_bytes()),
+                (b"content-type", b"application/grpc"),
+                (b"grpc-status", code.as_bytes()),
+                (b"", b""),
+            ];
+            let n = if message.is_empty() {
+                3
+            } else {
+                fields[3] = (b"grpc-message", message.as_bytes());
+                4
+            };
+            // The call is removed already, so the stream must be reached through h2 directly.
+            self.h2.send_headers(id, &fields[..n], true);
+        }
+    }
+
+    /// Cancels a call from the server side (deadline passed): RST_STREAM(CANCEL), as grpc-go does
+    /// after sending DEADLINE_EXCEEDED.
+    pub fn cancel(&mut self, id: u32) {
+        if self.calls.remove(&id).is_some() {
+            self.h2.reset_stream(id, ErrorCode::CANCEL);
+        }
+    }
+
+    fn send_http(&mut self, id: u32, r: &HttpResponse) {
+        if self.calls.remove(&id).is_none() {
+            return;
+        }
+        let status = itoa_u32(r.status as u32);
+        let len = itoa_u32(r.body.len() as u32);
+        self.h2.send_headers(
+            id,
+            &[
+                (b":status", status.as_bytes()),
+                (b"content-type", r.content_type.as_bytes()),
+                (b"content-length", len.as_bytes()),
+            ],
+            r.body.is_empty(),
+        );
+        if !r.body.is_empty() {
+            self.h2.send_data(id, &r.body, true);
+        }
+    }
+}
+
+struct Adapter<'a, S> {
+    calls: &'a mut CallMap,
+    actions: &'a mut Vec<Action>,
+    svc: &'a mut S,
+    recv_message_bytes_max: usize,
+}
+
+impl<S: Service> Adapter<'_, S> {
+    /// Answers the call with an error; the application, if it held the call, is told to drop it.
+    fn fail(&mut self, id: u32, http_status: u16, status: Status) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if call.failed {
+            return;
+        }
+        call.failed = true;
+        if call.accepted {
+            self.svc.on_cancel(id);
+        }
+        self.actions.push(Action::Finish {
+            id,
+            http_status,
+            status,
+        });
+    }
+
+    /// Splits `data` into messages. Returns the first failure.
+    fn reassemble(&mut self, id: u32, mut data: &[u8]) -> Result<(), Status> {
+        let max = self.recv_message_bytes_max;
+        while !data.is_empty() {
+            let Some(call) = self.calls.get_mut(&id) else {
+                return Ok(());
+            };
+            if call.failed {
+                return Ok(());
+            }
+            if let Some(want) = call.body_len {
+                let n = (want - call.body.len()).min(data.len());
+                call.body.extend_from_slice(&data[..n]);
+                data = &data[n..];
+                if call.body.len() == want {
+                    call.body_len = None;
+                    let body = std::mem::take(&mut call.body);
+                    let r = self.svc.on_message(id, &body);
+                    if let Some(call) = self.calls.get_mut(&id) {
+                        call.body = body;
+                        call.body.clear();
+                    }
+                    r?;
+                }
+                continue;
+            }
+            let n = (PREFIX_LEN - call.prefix_len).min(data.len());
+            call.prefix[call.prefix_len..call.prefix_len + n].copy_from_slice(&data[..n]);
+            call.prefix_len += n;
+            data = &data[n..];
+            if call.prefix_len < PREFIX_LEN {
+                return Ok(());
+            }
+            call.prefix_len = 0;
+            let flag = call.prefix[0];
+            let len = u32::from_be_bytes([
+                call.prefix[1],
+                call.prefix[2],
+                call.prefix[3],
+                call.prefix[4],
+            ]) as usize;
+            match (flag, &call.encoding) {
+                (0, _) => {}
+                (1, Some(enc)) => {
+                    return Err(Status::new(
+                        Code::UNIMPLEMENTED,
+                        format!("grpc: Decompressor is not installed for grpc-encoding \"{enc}\""),
+                    ));
+                }
+                (1, None) => {
+                    return Err(Status::new(
+                        Code::INTERNAL,
+                        "grpc: compressed flag set with identity or empty encoding",
+                    ));
+                }
+                (f, _) => {
+                    return Err(Status::new(
+                        Code::INTERNAL,
+                        format!("grpc: received unexpected payload format {f}"),
+                    ));
+                }
+            }
+            if len > max {
+                return Err(Status::new(
+                    Code::RESOURCE_EXHAUSTED,
+                    format!("grpc: received message larger than max ({len} vs. {max})"),
+                ));
+            }
+            if data.len() >= len {
+                // The whole message is in this frame: no copy.
+                let (msg, rest) = data.split_at(len);
+                data = rest;
+                self.svc.on_message(id, msg)?;
+            } else {
+                call.body.clear();
+                call.body.reserve(len);
+                call.body_len = Some(len);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S: Service> h2::Handler for Adapter<'_, S> {
+    fn on_headers(&mut self, id: u32, headers: &HeaderList, end_stream: bool) {
+        let content_type = headers.get(b"content-type").unwrap_or(b"");
+        let path = headers.get(b":path").unwrap_or(b"");
+        let is_grpc = content_type == b"application/grpc"
+            || content_type.starts_with(b"application/grpc+")
+            || content_type.starts_with(b"application/grpc;");
+        let mut call = Call {
+            kind: CallKind::Grpc,
+            headers_sent: false,
+            accepted: false,
+            failed: false,
+            encoding: None,
+            prefix: [0; PREFIX_LEN],
+            prefix_len: 0,
+            body_len: None,
+            body: Vec::new(),
+        };
+        if !is_grpc {
+            let method = headers.get(b":method").unwrap_or(b"");
+            let response = self.svc.on_http(method, path);
+            let known = response.is_some();
+            call.kind = CallKind::Http(response);
+            self.calls.insert(id, call);
+            if !known {
+                let ct = String::from_utf8_lossy(content_type);
+                let status = Status::new(
+                    Code::INVALID_ARGUMENT,
+                    format!("invalid gRPC request content-type {ct:?}"),
+                );
+                self.fail(id, 415, status);
+            } else if end_stream {
+                self.on_data(id, &[], true);
+            }
+            return;
+        }
+        if let Some(enc) = headers.get(b"grpc-encoding") {
+            if enc != b"identity" {
+                call.encoding = Some(String::from_utf8_lossy(enc).into());
+            }
+        }
+        self.calls.insert(id, call);
+        let timeout = match headers.get(b"grpc-timeout").map(parse_timeout) {
+            None => None,
+            Some(Some(t)) => Some(t),
+            Some(None) => {
+                let v = String::from_utf8_lossy(headers.get(b"grpc-timeout").unwrap_or(b""));
+                let status = Status::new(Code::INTERNAL, format!("malformed grpc-timeout: {v:?}"));
+                self.fail(id, 400, status);
+                return;
+            }
+        };
+        let Some((service, method)) = split_path(path) else {
+            let p = String::from_utf8_lossy(path);
+            self.fail(
+                id,
+                200,
+                Status::new(Code::UNIMPLEMENTED, format!("malformed method name: {p:?}")),
+            );
+            return;
+        };
+        let head = CallHead {
+            service,
+            method,
+            timeout,
+            headers,
+        };
+        if let Err(status) = self.svc.on_call(id, &head) {
+            self.fail(id, 200, status);
+            return;
+        }
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.accepted = true;
+        }
+        if end_stream {
+            self.svc.on_half_close(id);
+        }
+    }
+
+    fn on_data(&mut self, id: u32, data: &[u8], end_stream: bool) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if call.failed {
+            return;
+        }
+        if let CallKind::Http(response) = &mut call.kind {
+            if end_stream {
+                if let Some(response) = response.take() {
+                    self.actions.push(Action::Http { id, response });
+                }
+            }
+            return;
+        }
+        if let Err(status) = self.reassemble(id, data) {
+            self.fail(id, 200, status);
+            return;
+        }
+        if end_stream {
+            let Some(call) = self.calls.get(&id) else {
+                return;
+            };
+            if call.failed {
+                return;
+            }
+            if call.prefix_len != 0 || call.body_len.is_some() {
+                self.fail(id, 200, Status::new(Code::INTERNAL, "unexpected EOF"));
+                return;
+            }
+            self.svc.on_half_close(id);
+        }
+    }
+
+    fn on_reset(&mut self, id: u32, _code: ErrorCode) {
+        if let Some(call) = self.calls.remove(&id) {
+            if call.accepted && !call.failed {
+                self.svc.on_cancel(id);
+            }
+        }
+    }
+}
+
+/// `/package.Service/Method` → (`package.Service`, `Method`).
+pub fn split_path(path: &[u8]) -> Option<(&str, &str)> {
+    let path = std::str::from_utf8(path).ok()?;
+    let rest = path.strip_prefix('/')?;
+    let (service, method) = rest.rsplit_once('/')?;
+    if service.is_empty() || method.is_empty() {
+        return None;
+    }
+    Some((service, method))
+}
+
+/// `grpc-timeout`: 1 to 8 ASCII digits and a unit (H, M, S, m, u, n).
+pub fn parse_timeout(v: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits
+        .iter()
+        .fold(0u64, |acc, d| acc * 10 + (d - b'0') as u64);
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Encodes a duration as `grpc-timeout` (for clients and tests).
+pub fn format_timeout(d: Duration) -> String {
+    let us = d.as_micros();
+    if us < 100_000_000 {
+        format!("{us}u")
+    } else {
+        format!("{}m", d.as_millis().min(99_999_999))
+    }
+}
+
+/// `grpc-message` encoding: bytes outside 0x20..=0x7e, and `%`, become `%XX`.
+pub fn percent_encode(s: &str) -> Cow<'_, str> {
+    if s.bytes().all(|b| (0x20..=0x7e).contains(&b) && b != b'%') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Decodes `grpc-message` (lenient: a malformed escape is kept as is).
+pub fn percent_decode(s: &[u8]) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' {
+            if let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+            {
+                if let Ok(b) = u8::from_str_radix(v, 16) {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Decimal text of a u32 without allocating.
+struct Itoa {
+    buf: [u8; 10],
+    start: usize,
+}
+
+impl Itoa {
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+fn itoa_u32(mut n: u32) -> Itoa {
+    let mut buf = [0u8; 10];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    Itoa { buf, start: i }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_every_unit() {
+        assert_eq!(parse_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_timeout(b"2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_timeout(b"3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_timeout(b"4m"), Some(Duration::from_millis(4)));
+        assert_eq!(
+            parse_timeout(b"4999870u"),
+            Some(Duration::from_micros(4_999_870))
+        );
+        assert_eq!(parse_timeout(b"6n"), Some(Duration::from_nanos(6)));
+        assert_eq!(
+            parse_timeout(b"99999999S"),
+            Some(Duration::from_secs(99_999_999))
+        );
+        for bad in [
+            &b""[..],
+            b"S",
+            b"123456789S",
+            b"1x",
+            b"-1S",
+            b"1 S",
+            b"1.5S",
+        ] {
+            assert_eq!(
+                parse_timeout(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            parse_timeout(format_timeout(Duration::from_secs(5)).as_bytes()),
+            Some(Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(
+            split_path(b"/etcdserverpb.KV/Range"),
+            Some(("etcdserverpb.KV", "Range"))
+        );
+        assert_eq!(split_path(b"/a/b/c"), Some(("a/b", "c")));
+        assert_eq!(split_path(b"etcdserverpb.KV/Range"), None);
+        assert_eq!(split_path(b"/Range"), None);
+        assert_eq!(split_path(b"/svc/"), None);
+    }
+
+    #[test]
+    fn grpc_message_percent_encoding() {
+        assert_eq!(
+            percent_encode("etcdserver: key is not provided"),
+            "etcdserver: key is not provided"
+        );
+        assert_eq!(percent_encode("50% ✓\n"), "50%25 %E2%9C%93%0A");
+        assert_eq!(percent_decode(b"50%25 %E2%9C%93%0A"), "50% ✓\n");
+        assert_eq!(percent_decode(b"bad %G1 %2"), "bad %G1 %2");
+    }
+
+    #[test]
+    fn itoa() {
+        for n in [0u32, 7, 10, 200, 415, u32::MAX] {
+            assert_eq!(itoa_u32(n).as_bytes(), n.to_string().as_bytes());
+        }
+    }
+}
