@@ -137,7 +137,7 @@ mod tests {
             (r.method, r.path, r.body_len, r.close),
             ("GET", "/health", 0, false)
         );
-        assert_eq!(r.head_len, 34);
+        assert_eq!(r.head_len, 33);
     }
 
     #[test]

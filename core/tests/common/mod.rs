@@ -1,0 +1,185 @@
+//! Shared by the integration tests: starts a real `metastore` process on a free loopback port
+//! (port 0, read back from the data dir), and stops exactly that process by its PID.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Both io drivers: every integration test runs against each.
+pub const DRIVERS: [&str; 2] = ["uring", "epoll"];
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh directory under cargo's per-test tmp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let n = NEXT_DIR.fetch_add(1, Ordering::SeqCst);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub struct TestServer {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub driver: String,
+    log: PathBuf,
+}
+
+impl TestServer {
+    /// Starts `metastore --io-driver <driver>` on 127.0.0.1:0 with `extra` flags.
+    pub fn start(driver: &str, extra: &[&str]) -> Self {
+        let dir = temp_dir("srv");
+        let data = dir.join("data");
+        let log = dir.join("server.log");
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_metastore"))
+            .args(["--listen-client-urls", "http://127.0.0.1:0", "--io-driver", driver, "--data-dir"])
+            .arg(&data)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .env("RUST_LOG", std::env::var("METASTORE_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .spawn()
+            .expect("start metastore");
+        let urls = data.join("client-urls");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut srv = TestServer { child: Some(child), addr: "127.0.0.1:1".parse().unwrap(), dir, driver: driver.into(), log };
+        loop {
+            if let Ok(s) = std::fs::read_to_string(&urls) {
+                if let Some(line) = s.lines().next() {
+                    srv.addr = line.trim_start_matches("http://").parse().unwrap();
+                    break;
+                }
+            }
+            if let Some(status) = srv.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("metastore exited early ({status}):\n{}", srv.log());
+            }
+            assert!(Instant::now() < deadline, "metastore did not start:\n{}", srv.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The file is written before the threads run; wait until a connection is served.
+        while http_get(srv.addr, "/metrics").is_err() {
+            assert!(Instant::now() < deadline, "metastore does not answer:\n{}", srv.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let m = srv.metrics();
+        let want = if driver == "uring" { "io_uring" } else { "epoll" };
+        assert!(
+            m.contains(&format!("metastore_io_driver{{driver=\"{want}\"}} 1")),
+            "asked for {driver}, metrics say:\n{m}"
+        );
+        srv
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.addr, "/metrics").unwrap().1
+    }
+
+    /// The value of a metric line `name{labels} value`, summed over every series of `name`.
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        parse_metric_sum(&self.metrics(), name)
+    }
+
+    /// Per-core values of a `{core="N"}` metric.
+    pub fn per_core(&self, name: &str) -> Vec<f64> {
+        let m = self.metrics();
+        let mut v = Vec::new();
+        for line in m.lines() {
+            if let Some(rest) = line.strip_prefix(name).and_then(|r| r.strip_prefix("{core=\"")) {
+                let (_, val) = rest.split_once("} ").unwrap();
+                v.push(val.parse().unwrap());
+            }
+        }
+        v
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) -> String {
+        let out = self.stop_inner();
+        assert!(out.0, "metastore did not exit cleanly after SIGTERM:\n{}", out.1);
+        out.1
+    }
+
+    fn stop_inner(&mut self) -> (bool, String) {
+        let Some(mut child) = self.child.take() else { return (true, String::new()) };
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status.success(), self.log());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return (false, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+pub fn parse_metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{') | Some(b' ')))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// A one-shot HTTP/1.1 GET: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Polls `f` until it holds or `secs` pass.
+pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    f()
+}
