@@ -30,6 +30,9 @@ use crate::shard::{CallRef, Envelope, ShardReply, ShardRequest};
 const READ_BYTES_MAX: usize = 64 << 10;
 /// Output (written or waiting for flow-control credit) above which the reader stops reading.
 const OUT_BYTES_MAX: usize = 4 << 20;
+/// How long, and how many bytes, we keep reading (and discarding) after ending a connection.
+const LINGER_MS_MAX: u64 = 1_000;
+const LINGER_BYTES_MAX: usize = 4 << 20;
 
 const HEALTH: &str = "grpc.health.v1.Health";
 
@@ -392,6 +395,7 @@ async fn serve_h2(core: Rc<Core>, mut rd: ReadHalf, wr: WriteHalf, first: Vec<u8
     conn.write_ready.notify(); // our SETTINGS
     let mut pending = first;
     let mut rbuf = Vec::with_capacity(READ_BYTES_MAX);
+    let mut peer_eof = false;
     'conn: loop {
         // Feed what we have.
         if !pending.is_empty() {
@@ -433,7 +437,10 @@ async fn serve_h2(core: Rc<Core>, mut rd: ReadHalf, wr: WriteHalf, first: Vec<u8
         let (res, buf) = rd.read(rbuf).await;
         rbuf = buf;
         match res {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => {
+                peer_eof = true;
+                break;
+            }
             Ok(n) => pending.extend_from_slice(&rbuf[..n]),
         }
         rbuf.clear();
@@ -441,11 +448,35 @@ async fn serve_h2(core: Rc<Core>, mut rd: ReadHalf, wr: WriteHalf, first: Vec<u8
     conn.state.borrow_mut().closing = true;
     conn.write_ready.notify();
     let _ = writer.await;
+    if !peer_eof {
+        linger(&mut rd, rbuf).await;
+    }
     // Calls still open die with the connection.
     let mut st = conn.state.borrow_mut();
     st.app.calls.clear();
     drop(st);
     core.remove_conn(conn.slot, conn.gen);
+}
+
+/// After we end a connection (GOAWAY sent, write side shut), the peer may still be sending.
+/// Closing with unread input makes the kernel send RST, which can destroy our last frames in
+/// flight; so read and discard until the peer closes too, within a bound.
+async fn linger(rd: &mut ReadHalf, mut buf: Vec<u8>) {
+    let deadline = Instant::now() + std::time::Duration::from_millis(LINGER_MS_MAX);
+    let mut total = 0usize;
+    while total < LINGER_BYTES_MAX {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return;
+        };
+        buf.clear();
+        match monoio::time::timeout(left, rd.read(buf)).await {
+            Ok((Ok(n), b)) if n > 0 => {
+                total += n;
+                buf = b;
+            }
+            _ => return,
+        }
+    }
 }
 
 async fn write_loop(conn: Rc<Conn>, mut wr: WriteHalf) {

@@ -43,7 +43,12 @@ pub fn not_found() -> HttpResponse {
 }
 
 /// name, type, help, and how to read the value from one core's counters.
-type Series = (&'static str, &'static str, &'static str, fn(&crate::reactor::CoreStats) -> u64);
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::reactor::CoreStats) -> u64,
+);
 
 /// Prometheus text exposition of MetaStore's per-core figures.
 pub fn metrics(shared: &Shared) -> String {

@@ -277,9 +277,16 @@ impl Connection {
         self.closed
     }
 
-    /// Nothing left to do: closed, or draining/gone-away with no stream left.
+    /// Nothing left to do: closed, or draining with no stream left. (A GOAWAY from the peer
+    /// does not end the connection here: the peer closes it when it is done with it, and may
+    /// still ping until then.)
     pub fn is_done(&self) -> bool {
-        self.closed || ((self.draining.is_some() || self.peer_goaway) && self.streams.is_empty())
+        self.closed || (self.draining.is_some() && self.streams.is_empty())
+    }
+
+    /// The peer sent GOAWAY: it opens no more streams.
+    pub fn peer_went_away(&self) -> bool {
+        self.peer_goaway
     }
 
     pub fn active_streams(&self) -> usize {
