@@ -17,6 +17,8 @@ use crate::h2::{self, Connection, HeaderList};
 /// etcd's gRPC receive limit: `--max-request-bytes` (1.5 MiB) + 512 KiB of grpc overhead.
 pub const RECV_MESSAGE_BYTES_DEFAULT: usize = 2 * 1024 * 1024;
 const PREFIX_LEN: usize = 5;
+/// Most reserved up front for a message that spans frames; the rest grows with its data.
+const REASSEMBLY_RESERVE_BYTES_MAX: usize = 64 << 10;
 
 /// gRPC status codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -418,7 +420,8 @@ impl<S: Service> Adapter<'_, S> {
                 self.svc.on_message(id, msg)?;
             } else {
                 call.body.clear();
-                call.body.reserve(len);
+                // Grow as bytes arrive: a client may announce 2 MiB and send one byte.
+                call.body.reserve(len.min(REASSEMBLY_RESERVE_BYTES_MAX));
                 call.body_len = Some(len);
             }
         }
