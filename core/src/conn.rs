@@ -561,3 +561,85 @@ async fn serve_http1(core: &Core, mut rd: ReadHalf, mut wr: WriteHalf, first: Ve
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Backpressure: when the ring to the shard is full, a connection's dispatch stops (and with
+    //! it, its reading) instead of queueing; it resumes when a slot frees.
+    use super::*;
+    use crate::reactor::{CoreStats, ShardLink, StopSignal};
+    use crate::{notify::WaitList, ring};
+    use metastore_net::frame::{self, flag, kind, PREFACE};
+    use metastore_net::hpack;
+    use std::cell::RefCell;
+    use std::sync::Arc;
+
+    fn client_bytes(calls: u32) -> Vec<u8> {
+        let mut b = PREFACE.to_vec();
+        frame::write_settings(&mut b, &[]);
+        let mut enc = hpack::Encoder::new();
+        for i in 0..calls {
+            let id = 1 + 2 * i;
+            let mut block = Vec::new();
+            enc.encode(
+                [
+                    (&b":method"[..], &b"POST"[..]),
+                    (b":scheme", b"http"),
+                    (b":path", b"/grpc.health.v1.Health/Check"),
+                    (b"content-type", b"application/grpc"),
+                ],
+                &mut block,
+            );
+            frame::write_header(&mut b, block.len(), kind::HEADERS, flag::END_HEADERS, id);
+            b.extend_from_slice(&block);
+            frame::write_data(&mut b, id, &[0, 0, 0, 0, 0], true, 16_384);
+        }
+        b
+    }
+
+    #[test]
+    fn full_ring_stalls_dispatch_until_a_slot_frees() {
+        let shared = Arc::new(Shared {
+            cfg: crate::config::Config::default(),
+            driver: "test",
+            stats: vec![CoreStats::default(), CoreStats::default()],
+            stop: StopSignal::new(2),
+        });
+        let (tx, mut shard_rx) = ring::channel(2);
+        let (_reply_tx, reply_rx) = ring::channel(2);
+        let link = ShardLink::Remote {
+            tx: RefCell::new(tx),
+            rx: RefCell::new(reply_rx),
+            space: WaitList::default(),
+        };
+        let core = Core::new(1, shared, link);
+        let conn = core.add_conn(|slot, gen| Rc::new(Conn::new(&core, slot, gen)));
+        let waker = std::task::Waker::noop();
+        let mut st = conn.state.borrow_mut();
+        let bytes = client_bytes(3);
+        let ConnState { grpc, app, .. } = &mut *st;
+        assert_eq!(grpc.recv(&bytes, app), bytes.len());
+        assert!(!st.process(&core, waker), "the third request does not fit");
+        assert_eq!(
+            st.app.ready.len(),
+            1,
+            "it waits in the connection, not in an unbounded queue"
+        );
+        assert_eq!(shard_rx.len(), 2);
+        let ShardLink::Remote { space, .. } = &core.link else {
+            unreachable!()
+        };
+        assert!(!space.is_empty(), "the connection waits for a slot");
+        assert_eq!(
+            core.stats()
+                .ring_full_waits
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        let first = shard_rx.try_recv().expect("a request");
+        assert_eq!(first.call.stream, 1);
+        assert!(st.process(&core, waker), "a slot freed: dispatch resumes");
+        assert!(st.app.ready.is_empty());
+        assert_eq!(shard_rx.len(), 2);
+    }
+}
