@@ -393,18 +393,25 @@ async fn serve_h2(core: Rc<Core>, mut rd: ReadHalf, wr: WriteHalf, first: Vec<u8
     }
     let writer = monoio::spawn(write_loop(conn.clone(), wr));
     conn.write_ready.notify(); // our SETTINGS
+                               // `rbuf` receives each read; `pending` holds bytes not yet consumed (a partial frame).
     let mut pending = first;
     let mut rbuf = Vec::with_capacity(READ_BYTES_MAX);
     let mut peer_eof = false;
     'conn: loop {
-        // Feed what we have.
-        if !pending.is_empty() {
+        // Feed what we have: straight from the read buffer, or after a partial frame carried over.
+        let input: &[u8] = if pending.is_empty() { &rbuf } else { &pending };
+        if !input.is_empty() {
             let mut st = conn.state.borrow_mut();
             let ConnState { grpc, app, .. } = &mut *st;
-            let used = grpc.recv(&pending, app);
-            pending.drain(..used);
+            let used = grpc.recv(input, app);
             let done = st.grpc.h2.is_closed();
             drop(st);
+            if pending.is_empty() {
+                pending.extend_from_slice(&rbuf[used..]);
+            } else {
+                pending.drain(..used);
+            }
+            rbuf.clear();
             conn.write_ready.notify();
             if done {
                 break;
@@ -441,9 +448,12 @@ async fn serve_h2(core: Rc<Core>, mut rd: ReadHalf, wr: WriteHalf, first: Vec<u8
                 peer_eof = true;
                 break;
             }
-            Ok(n) => pending.extend_from_slice(&rbuf[..n]),
+            Ok(_) if pending.is_empty() => {}
+            Ok(_) => {
+                pending.extend_from_slice(&rbuf);
+                rbuf.clear();
+            }
         }
-        rbuf.clear();
     }
     conn.state.borrow_mut().closing = true;
     conn.write_ready.notify();
