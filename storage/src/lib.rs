@@ -1,0 +1,5 @@
+//! Storage for one data shard. `mvcc` is the multi-version store with etcd's semantics:
+//! one revision per write request, a key index with generations, historical reads, compaction.
+//! It takes no time and does no IO of its own.
+
+pub mod mvcc;

@@ -1,0 +1,428 @@
+//! The store itself: reads, the write transaction, compaction.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use super::key_index::KeyIndex;
+use super::{KeyRange, MvccError, Record, Revision};
+
+struct Entry {
+    index: KeyIndex,
+    /// The live record, None while the key is deleted (kept in `keys` until compaction).
+    current: Option<Arc<Record>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortOrder {
+    #[default]
+    None,
+    Ascend,
+    Descend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortTarget {
+    #[default]
+    Key,
+    Version,
+    Create,
+    Mod,
+    Value,
+}
+
+/// A Range's parameters beyond the key range (reference §2.2, §3.3).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RangeOptions {
+    /// Read at this revision; ≤ 0 means the current one.
+    pub rev: i64,
+    /// At most this many records; 0 = no limit.
+    pub limit: i64,
+    pub sort_order: SortOrder,
+    pub sort_target: SortTarget,
+    /// Only count; no records.
+    pub count_only: bool,
+    pub min_mod_revision: i64,
+    pub max_mod_revision: i64,
+    pub min_create_revision: i64,
+    pub max_create_revision: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeOut {
+    /// The revision read at.
+    pub rev: i64,
+    /// Keys in the range at that revision, regardless of limit and filters.
+    pub count: i64,
+    /// More records matched than `limit` allowed.
+    pub more: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change of a write, for watchers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub kv: Arc<Record>,
+    pub prev: Option<Arc<Record>>,
+}
+
+pub struct Store {
+    rev: i64,
+    compacted: i64,
+    keys: BTreeMap<Arc<[u8]>, Entry>,
+    log: BTreeMap<Revision, Arc<Record>>,
+    live_keys: usize,
+    log_bytes: usize,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store {
+    /// An empty store at revision 1, as etcd starts.
+    pub fn new() -> Self {
+        Self {
+            rev: 1,
+            compacted: 0,
+            keys: BTreeMap::new(),
+            log: BTreeMap::new(),
+            live_keys: 0,
+            log_bytes: 0,
+        }
+    }
+
+    pub fn current_revision(&self) -> i64 {
+        self.rev
+    }
+
+    /// The last compaction's revision (0 before any).
+    pub fn compacted_revision(&self) -> i64 {
+        self.compacted
+    }
+
+    pub fn live_keys(&self) -> usize {
+        self.live_keys
+    }
+
+    /// Approximate bytes held by history (every record still readable).
+    pub fn history_bytes(&self) -> usize {
+        self.log_bytes
+    }
+
+    /// Records kept in history (every revision still readable).
+    pub fn history_records(&self) -> usize {
+        self.log.len()
+    }
+
+    /// Validates a read revision: ≤ 0 means current.
+    pub fn read_revision(&self, rev: i64) -> Result<i64, MvccError> {
+        if rev <= 0 {
+            return Ok(self.rev);
+        }
+        if rev > self.rev {
+            return Err(MvccError::FutureRev);
+        }
+        if rev < self.compacted {
+            return Err(MvccError::Compacted);
+        }
+        Ok(rev)
+    }
+
+    fn entries<'s>(
+        &'s self,
+        range: KeyRange<'_>,
+    ) -> Box<dyn Iterator<Item = (&'s Arc<[u8]>, &'s Entry)> + 's> {
+        match range {
+            KeyRange::Empty => Box::new(std::iter::empty()),
+            KeyRange::One(k) => Box::new(self.keys.get_key_value(k).into_iter()),
+            KeyRange::Span(start, end) => {
+                let hi = match end {
+                    Some(e) => Bound::Excluded(e),
+                    None => Bound::Unbounded,
+                };
+                Box::new(self.keys.range::<[u8], _>((Bound::Included(start), hi)))
+            }
+        }
+    }
+
+    /// The record of a key at `rev` (already validated), if it existed then.
+    fn at<'s>(&'s self, e: &'s Entry, rev: i64) -> Option<&'s Arc<Record>> {
+        if rev == self.rev {
+            return e.current.as_ref();
+        }
+        let found = e.index.get(rev)?;
+        self.log.get(&found.modified).filter(|r| !r.tombstone)
+    }
+
+    /// One key's current record.
+    pub fn get(&self, key: &[u8]) -> Option<&Arc<Record>> {
+        self.keys.get(key).and_then(|e| e.current.as_ref())
+    }
+
+    /// Reads a range (reference §3.3), appending the records to `out`.
+    pub fn range<'s>(
+        &'s self,
+        key: &[u8],
+        range_end: &[u8],
+        opts: &RangeOptions,
+        out: &mut Vec<&'s Record>,
+    ) -> Result<RangeOut, MvccError> {
+        let rev = self.read_revision(opts.rev)?;
+        let range = KeyRange::new(key, range_end);
+        let filtered = opts.min_mod_revision != 0
+            || opts.max_mod_revision != 0
+            || opts.min_create_revision != 0
+            || opts.max_create_revision != 0;
+        let mut order = opts.sort_order;
+        if order == SortOrder::None && opts.sort_target != SortTarget::Key {
+            // etcd sorts by a non-key target ascending when no order is given.
+            order = SortOrder::Ascend;
+        }
+        let sorted = order != SortOrder::None;
+        // Without sorting or filters only limit + 1 records are needed (to learn `more`).
+        let fetch = if opts.limit > 0 && !sorted && !filtered {
+            opts.limit as usize + 1
+        } else {
+            usize::MAX
+        };
+        let start = out.len();
+        let mut count = 0i64;
+        for (_, e) in self.entries(range) {
+            let Some(r) = self.at(e, rev) else { continue };
+            count += 1;
+            if opts.count_only || out.len() - start >= fetch {
+                continue;
+            }
+            let keep = (opts.min_mod_revision == 0 || r.mod_revision >= opts.min_mod_revision)
+                && (opts.max_mod_revision == 0 || r.mod_revision <= opts.max_mod_revision)
+                && (opts.min_create_revision == 0 || r.create_revision >= opts.min_create_revision)
+                && (opts.max_create_revision == 0 || r.create_revision <= opts.max_create_revision);
+            if keep {
+                out.push(r);
+            }
+        }
+        if sorted {
+            // Stable over key order, so ties keep ascending keys in both directions (what etcd's
+            // insertion sort does for the small results clients sort).
+            let rs = &mut out[start..];
+            let cmp: fn(&&Record, &&Record) -> std::cmp::Ordering = match opts.sort_target {
+                SortTarget::Key => |a, b| a.key.cmp(&b.key),
+                SortTarget::Version => |a, b| a.version.cmp(&b.version),
+                SortTarget::Create => |a, b| a.create_revision.cmp(&b.create_revision),
+                SortTarget::Mod => |a, b| a.mod_revision.cmp(&b.mod_revision),
+                SortTarget::Value => |a, b| a.value.cmp(&b.value),
+            };
+            if order == SortOrder::Descend {
+                rs.sort_by(|a, b| cmp(b, a));
+            } else {
+                rs.sort_by(cmp);
+            }
+        }
+        let mut more = false;
+        if opts.limit > 0 && out.len() - start > opts.limit as usize {
+            out.truncate(start + opts.limit as usize);
+            more = true;
+        }
+        Ok(RangeOut { rev, count, more })
+    }
+
+    /// Starts a write request; its changes share the next revision.
+    pub fn write(&mut self) -> WriteTxn<'_> {
+        let main = self.rev + 1;
+        WriteTxn {
+            store: self,
+            main,
+            sub: 0,
+            events: Vec::new(),
+        }
+    }
+
+    /// Drops history superseded before `at` (reference §3.7).
+    pub fn compact(&mut self, at: i64) -> Result<(), MvccError> {
+        if at <= self.compacted {
+            return Err(MvccError::Compacted);
+        }
+        if at > self.rev {
+            return Err(MvccError::FutureRev);
+        }
+        let mut keep: HashSet<Revision> = HashSet::new();
+        self.keys.retain(|_, e| {
+            if let Some(r) = e.index.compact(at) {
+                keep.insert(r);
+            }
+            !(e.index.is_empty() && e.current.is_none())
+        });
+        let doomed: Vec<Revision> = self
+            .log
+            .range(
+                ..=Revision {
+                    main: at,
+                    sub: i64::MAX,
+                },
+            )
+            .map(|(r, _)| *r)
+            .filter(|r| !keep.contains(r))
+            .collect();
+        for r in doomed {
+            if let Some(rec) = self.log.remove(&r) {
+                self.log_bytes -= rec.cost_bytes();
+            }
+        }
+        self.compacted = at;
+        Ok(())
+    }
+
+    /// Records of history from revision `from` on, in revision order (watch replay).
+    pub fn history_from(&self, from: i64) -> impl Iterator<Item = (&Revision, &Arc<Record>)> {
+        self.log.range(Revision { main: from, sub: 0 }..)
+    }
+}
+
+/// One write request's changes, applied as they are made; they all carry revision `main`.
+/// Reads through it see earlier changes of the same request.
+pub struct WriteTxn<'s> {
+    store: &'s mut Store,
+    main: i64,
+    sub: i64,
+    events: Vec<Event>,
+}
+
+impl WriteTxn<'_> {
+    /// The revision this request writes at.
+    pub fn revision(&self) -> i64 {
+        self.main
+    }
+
+    /// Whether anything has been changed so far.
+    pub fn changed(&self) -> bool {
+        self.sub > 0
+    }
+
+    /// The store's state as this request sees it (its own changes included).
+    pub fn store(&self) -> &Store {
+        self.store
+    }
+
+    fn next_rev(&mut self) -> Revision {
+        let r = Revision {
+            main: self.main,
+            sub: self.sub,
+        };
+        self.sub += 1;
+        r
+    }
+
+    fn append(&mut self, rev: Revision, rec: Arc<Record>) {
+        self.store.log_bytes += rec.cost_bytes();
+        self.store.log.insert(rev, rec);
+    }
+
+    /// Puts a key. `value`/`lease` of None keep the current ones (ignore_value / ignore_lease;
+    /// the caller has checked the key exists). Returns the previous record.
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        lease: Option<i64>,
+    ) -> Option<Arc<Record>> {
+        let rev = self.next_rev();
+        let store = &mut *self.store;
+        let (k, e) = match store.keys.get_key_value(key) {
+            Some((k, _)) => {
+                let k = k.clone();
+                let e = store.keys.get_mut(key).expect("present: just looked up");
+                (k, e)
+            }
+            None => {
+                let k: Arc<[u8]> = Arc::from(key);
+                let e = store.keys.entry(k.clone()).or_insert(Entry {
+                    index: KeyIndex::default(),
+                    current: None,
+                });
+                (k, e)
+            }
+        };
+        let prev = e.current.clone();
+        let value: Arc<[u8]> = match (value, &prev) {
+            (Some(v), _) => Arc::from(v),
+            (None, Some(p)) => p.value.clone(),
+            (None, None) => Arc::from(&b""[..]),
+        };
+        let rec = Arc::new(Record {
+            key: k,
+            value,
+            create_revision: prev.as_ref().map_or(self.main, |p| p.create_revision),
+            mod_revision: self.main,
+            version: prev.as_ref().map_or(0, |p| p.version) + 1,
+            lease: lease.unwrap_or_else(|| prev.as_ref().map_or(0, |p| p.lease)),
+            tombstone: false,
+        });
+        e.index.put(rev);
+        e.current = Some(rec.clone());
+        if prev.is_none() {
+            store.live_keys += 1;
+        }
+        self.append(rev, rec.clone());
+        self.events.push(Event {
+            kind: EventKind::Put,
+            kv: rec,
+            prev: prev.clone(),
+        });
+        prev
+    }
+
+    /// Deletes every live key in the range, in key order; returns their previous records.
+    pub fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Vec<Arc<Record>> {
+        let range = KeyRange::new(key, range_end);
+        let victims: Vec<Arc<Record>> = self
+            .store
+            .entries(range)
+            .filter_map(|(_, e)| e.current.clone())
+            .collect();
+        for prev in &victims {
+            let rev = self.next_rev();
+            let store = &mut *self.store;
+            let e = store
+                .keys
+                .get_mut(&prev.key[..])
+                .expect("victim is indexed");
+            e.index.tombstone(rev);
+            e.current = None;
+            store.live_keys -= 1;
+            let tomb = Arc::new(Record {
+                key: prev.key.clone(),
+                value: Arc::from(&b""[..]),
+                create_revision: 0,
+                mod_revision: self.main,
+                version: 0,
+                lease: 0,
+                tombstone: true,
+            });
+            self.append(rev, tomb.clone());
+            self.events.push(Event {
+                kind: EventKind::Delete,
+                kv: tomb,
+                prev: Some(prev.clone()),
+            });
+        }
+        victims
+    }
+
+    /// Ends the request: if it changed anything, the store moves to its revision. Returns the
+    /// request's events in execution order.
+    pub fn commit(self) -> Vec<Event> {
+        if self.sub > 0 {
+            self.store.rev = self.main;
+        }
+        self.events
+    }
+}
