@@ -34,10 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let package = file.package();
         for service in &file.service {
             let full = qualify(package, service.name());
-            writeln!(
-                out,
-                "    ServiceDesc {{\n        name: {full:?},\n        methods: &["
-            )?;
+            writeln!(out, "    ServiceDesc {{\n        name: {full:?},\n        methods: &[")?;
             for m in &service.method {
                 writeln!(
                     out,

@@ -58,6 +58,12 @@ pub struct Config {
     /// `--max-request-bytes`: largest client request (etcd default 1.5 MiB); the gRPC receive
     /// limit is this plus 512 KiB, as in etcd.
     pub max_request_bytes: u32,
+    /// `--max-txn-ops`: most operations in one txn (etcd default 128).
+    pub max_txn_ops: u32,
+    /// `--initial-cluster-token`: names the cluster; part of the member and cluster IDs.
+    pub initial_cluster_token: String,
+    /// `--initial-advertise-peer-urls`: this member's peer URLs as MemberList reports them.
+    pub initial_advertise_peer_urls: Vec<String>,
 }
 
 /// etcd's gRPC overhead allowance on top of `--max-request-bytes`.
@@ -67,10 +73,8 @@ pub const CORES_MAX: usize = 256;
 
 impl Default for Config {
     fn default() -> Self {
-        let localhost = ClientUrl {
-            host: "localhost".into(),
-            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 2379),
-        };
+        let localhost =
+            ClientUrl { host: "localhost".into(), addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 2379) };
         Self {
             name: "default".into(),
             data_dir: PathBuf::from("default.metastore"),
@@ -80,6 +84,9 @@ impl Default for Config {
             io_driver: IoDriver::Auto,
             max_concurrent_streams: u32::MAX,
             max_request_bytes: 1_572_864,
+            max_txn_ops: 128,
+            initial_cluster_token: "etcd-cluster".into(),
+            initial_advertise_peer_urls: vec!["http://localhost:2380".into()],
         }
     }
 }
@@ -89,13 +96,34 @@ impl Config {
     pub fn recv_message_bytes_max(&self) -> usize {
         self.max_request_bytes as usize + GRPC_OVERHEAD_BYTES
     }
+
+    /// This member's ID: derived, as etcd's is, from its peer URLs and the cluster token, so it
+    /// is stable across restarts with the same configuration.
+    pub fn member_id(&self) -> u64 {
+        let mut urls = self.initial_advertise_peer_urls.clone();
+        urls.sort();
+        fnv1a(urls.join(",").as_bytes(), fnv1a(self.initial_cluster_token.as_bytes(), FNV_OFFSET))
+    }
+
+    /// The cluster's ID: derived from its members' IDs and the token.
+    pub fn cluster_id(&self) -> u64 {
+        fnv1a(&self.member_id().to_be_bytes(), fnv1a(self.initial_cluster_token.as_bytes(), FNV_OFFSET ^ 1))
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 /// How many CPUs this process may run on.
 pub fn available_cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// What the command line asked for.
@@ -143,6 +171,21 @@ const FLAGS: &[Flag] = &[
         value: "BYTES",
         help: "Maximum client request size in bytes the server will accept. (default 1572864)",
     },
+    Flag {
+        name: "max-txn-ops",
+        value: "N",
+        help: "Maximum number of operations permitted in a transaction. (default 128)",
+    },
+    Flag {
+        name: "initial-cluster-token",
+        value: "TOKEN",
+        help: "Initial cluster token for the cluster during bootstrap. (default \"etcd-cluster\")",
+    },
+    Flag {
+        name: "initial-advertise-peer-urls",
+        value: "URLS",
+        help: "This member's peer URLs to advertise to the rest of the cluster. (default \"http://localhost:2380\")",
+    },
 ];
 
 /// The text of `metastore --help`.
@@ -186,9 +229,7 @@ where
     let mut it = args.into_iter().map(Into::into);
     while let Some(arg) = it.next() {
         let Some(body) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
-            return err(format!(
-                "unexpected argument {arg:?}: flags start with --; see --help"
-            ));
+            return err(format!("unexpected argument {arg:?}: flags start with --; see --help"));
         };
         let (name, inline) = match body.split_once('=') {
             Some((n, v)) => (n, Some(v.to_string())),
@@ -226,21 +267,16 @@ where
                 }
                 data_dir = Some(PathBuf::from(value));
             }
-            "listen-client-urls" => {
-                cfg.listen_client_urls = parse_urls("listen-client-urls", &value)?
-            }
+            "listen-client-urls" => cfg.listen_client_urls = parse_urls("listen-client-urls", &value)?,
             "advertise-client-urls" => {
                 let urls = parse_urls("advertise-client-urls", &value)?;
-                cfg.advertise_client_urls =
-                    value.split(',').map(|s| s.trim().to_string()).collect();
+                cfg.advertise_client_urls = value.split(',').map(|s| s.trim().to_string()).collect();
                 debug_assert_eq!(urls.len(), cfg.advertise_client_urls.len());
             }
             "cores" => {
                 let n: usize = parse_num("cores", &value)?;
                 if n == 0 || n > CORES_MAX {
-                    return err(format!(
-                        "--cores must be between 1 and {CORES_MAX}, got {n}"
-                    ));
+                    return err(format!("--cores must be between 1 and {CORES_MAX}, got {n}"));
                 }
                 cfg.cores = n;
             }
@@ -249,11 +285,7 @@ where
                     "auto" => IoDriver::Auto,
                     "uring" => IoDriver::Uring,
                     "epoll" => IoDriver::Epoll,
-                    other => {
-                        return err(format!(
-                            "--io-driver must be uring, epoll or auto, got {other:?}"
-                        ))
-                    }
+                    other => return err(format!("--io-driver must be uring, epoll or auto, got {other:?}")),
                 }
             }
             "max-concurrent-streams" => {
@@ -270,6 +302,23 @@ where
                 }
                 cfg.max_request_bytes = n;
             }
+            "max-txn-ops" => {
+                let n: u32 = parse_num("max-txn-ops", &value)?;
+                if n == 0 {
+                    return err("--max-txn-ops must be at least 1");
+                }
+                cfg.max_txn_ops = n;
+            }
+            "initial-cluster-token" => {
+                if value.is_empty() {
+                    return err("--initial-cluster-token must not be empty");
+                }
+                cfg.initial_cluster_token = value;
+            }
+            "initial-advertise-peer-urls" => {
+                parse_urls("initial-advertise-peer-urls", &value)?;
+                cfg.initial_advertise_peer_urls = value.split(',').map(|s| s.trim().to_string()).collect();
+            }
             other => unreachable!("flag {other} listed but not handled"),
         }
     }
@@ -278,11 +327,7 @@ where
 }
 
 fn parse_num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, ConfigError> {
-    v.parse().map_err(|_| {
-        ConfigError(format!(
-            "invalid value {v:?} for flag --{flag}: not a number"
-        ))
-    })
+    v.parse().map_err(|_| ConfigError(format!("invalid value {v:?} for flag --{flag}: not a number")))
 }
 
 /// Parses a comma-separated list of `http://host:port` URLs.
@@ -299,22 +344,14 @@ pub fn parse_urls(flag: &str, list: &str) -> Result<Vec<ClientUrl>, ConfigError>
 
 fn parse_url(flag: &str, raw: &str) -> Result<ClientUrl, ConfigError> {
     let Some((scheme, rest)) = raw.split_once("://") else {
-        return err(format!(
-            "--{flag}: {raw:?} is not a URL (expected http://host:port)"
-        ));
+        return err(format!("--{flag}: {raw:?} is not a URL (expected http://host:port)"));
     };
     match scheme {
         "http" => {}
         "https" | "unixs" => {
-            return err(format!(
-            "--{flag}: {raw:?} uses TLS, which MetaStore does not support yet; use an http:// URL"
-        ))
+            return err(format!("--{flag}: {raw:?} uses TLS, which MetaStore does not support yet; use an http:// URL"))
         }
-        other => {
-            return err(format!(
-                "--{flag}: unsupported URL scheme {other:?} in {raw:?} (expected http)"
-            ))
-        }
+        other => return err(format!("--{flag}: unsupported URL scheme {other:?} in {raw:?} (expected http)")),
     }
     let hostport = rest.strip_suffix('/').unwrap_or(rest);
     if hostport.contains('/') {
@@ -331,22 +368,14 @@ fn parse_url(flag: &str, raw: &str) -> Result<ClientUrl, ConfigError> {
         };
         (h, p)
     };
-    let port: u16 = port
-        .parse()
-        .map_err(|_| ConfigError(format!("--{flag}: invalid port {port:?} in {raw:?}")))?;
+    let port: u16 = port.parse().map_err(|_| ConfigError(format!("--{flag}: invalid port {port:?} in {raw:?}")))?;
     let ip: IpAddr = if host == "localhost" {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
-        host.parse().map_err(|_| {
-            ConfigError(format!(
-                "--{flag}: {raw:?}: the host must be an IP address or localhost"
-            ))
-        })?
+        host.parse()
+            .map_err(|_| ConfigError(format!("--{flag}: {raw:?}: the host must be an IP address or localhost")))?
     };
-    Ok(ClientUrl {
-        host: host.to_string(),
-        addr: SocketAddr::new(ip, port),
-    })
+    Ok(ClientUrl { host: host.to_string(), addr: SocketAddr::new(ip, port) })
 }
 
 #[cfg(test)]
@@ -369,10 +398,7 @@ mod tests {
         let c = serve(&[]);
         assert_eq!(c.name, "default");
         assert_eq!(c.data_dir, PathBuf::from("default.metastore"));
-        assert_eq!(
-            c.listen_client_urls[0].addr,
-            "127.0.0.1:2379".parse().unwrap()
-        );
+        assert_eq!(c.listen_client_urls[0].addr, "127.0.0.1:2379".parse().unwrap());
         assert_eq!(c.io_driver, IoDriver::Auto);
         assert_eq!(c.max_concurrent_streams, u32::MAX);
         assert_eq!(c.recv_message_bytes_max(), 2 * 1024 * 1024);
@@ -381,25 +407,13 @@ mod tests {
 
     #[test]
     fn flag_syntaxes() {
-        let c = serve(&[
-            "--name",
-            "n1",
-            "-cores=2",
-            "--io-driver=epoll",
-            "--listen-client-urls",
-            "http://127.0.0.1:0",
-        ]);
+        let c = serve(&["--name", "n1", "-cores=2", "--io-driver=epoll", "--listen-client-urls", "http://127.0.0.1:0"]);
         assert_eq!(c.name, "n1");
         assert_eq!(c.data_dir, PathBuf::from("n1.metastore"));
         assert_eq!(c.cores, 2);
         assert_eq!(c.io_driver, IoDriver::Epoll);
         assert_eq!(c.listen_client_urls[0].addr.port(), 0);
-        let c = serve(&[
-            "--data-dir",
-            "/x/y",
-            "--listen-client-urls",
-            "http://[::1]:1,http://localhost:2",
-        ]);
+        let c = serve(&["--data-dir", "/x/y", "--listen-client-urls", "http://[::1]:1,http://localhost:2"]);
         assert_eq!(c.data_dir, PathBuf::from("/x/y"));
         assert_eq!(c.listen_client_urls.len(), 2);
         assert!(matches!(parse_args(["--help"]), Ok(Command::Help)));

@@ -21,10 +21,14 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use prost::Message;
 
+use metastore_proto::etcdserverpb as pb;
+
+use crate::config::Config;
+use crate::etcd::{errors, kv, validate};
 use crate::http;
 use crate::notify::LocalNotify;
 use crate::reactor::{Core, Shared, Submit};
-use crate::shard::{CallRef, Envelope, ShardReply, ShardRequest};
+use crate::shard::{CallRef, Envelope, Outcome, ShardReply, ShardRequest};
 
 /// Bytes read from the socket per read call.
 const READ_BYTES_MAX: usize = 64 << 10;
@@ -40,6 +44,100 @@ const HEALTH: &str = "grpc.health.v1.Health";
 enum Method {
     HealthCheck,
     HealthWatch,
+    Range,
+    Put,
+    DeleteRange,
+    Txn,
+    Compact,
+    Status,
+    MemberList,
+}
+
+/// Maps a call to the method that serves it, or to grpc-go's answer for what we do not serve:
+/// an unknown service, an unknown method, or a method the etcd API has and MetaStore does not
+/// implement yet.
+fn route(service: &str, method: &str) -> Result<Method, Status> {
+    let m = match (service, method) {
+        (HEALTH, "Check") => Method::HealthCheck,
+        (HEALTH, "Watch") => Method::HealthWatch,
+        ("etcdserverpb.KV", "Range") => Method::Range,
+        ("etcdserverpb.KV", "Put") => Method::Put,
+        ("etcdserverpb.KV", "DeleteRange") => Method::DeleteRange,
+        ("etcdserverpb.KV", "Txn") => Method::Txn,
+        ("etcdserverpb.KV", "Compact") => Method::Compact,
+        ("etcdserverpb.Maintenance", "Status") => Method::Status,
+        ("etcdserverpb.Cluster", "MemberList") => Method::MemberList,
+        _ => {
+            let Some(desc) = metastore_proto::SERVICES.iter().find(|d| d.name == service) else {
+                return Err(Status::unknown_service(service));
+            };
+            if desc.methods.iter().any(|m| m.name == method) {
+                return Err(errors::not_implemented(method));
+            }
+            return Err(Status::unknown_method(service, method));
+        }
+    };
+    Ok(m)
+}
+
+fn decode<M: Message + Default>(message: &[u8]) -> Result<M, Status> {
+    M::decode(message).map_err(|e| Status::new(Code::INTERNAL, format!("grpc: error unmarshalling request: {e}")))
+}
+
+/// Decodes and validates a request on the connection's core (etcd's thin handlers), so the
+/// shard only sees requests that can be applied.
+fn decode_request(method: Method, message: &[u8], cfg: &Config) -> Result<ShardRequest, Status> {
+    // etcd size-checks what it proposes through raft: writes, not reads.
+    let proposed = |len: usize| {
+        if validate::proposal_bytes(len) > cfg.max_request_bytes as usize {
+            Err(errors::request_too_large())
+        } else {
+            Ok(())
+        }
+    };
+    Ok(match method {
+        Method::HealthCheck | Method::HealthWatch => {
+            ShardRequest::Health { service: decode::<HealthCheckRequest>(message)?.service }
+        }
+        Method::Range => {
+            let r: pb::RangeRequest = decode(message)?;
+            validate::range(&r)?;
+            ShardRequest::Range(r)
+        }
+        Method::Put => {
+            let r: pb::PutRequest = decode(message)?;
+            validate::put(&r)?;
+            proposed(message.len())?;
+            ShardRequest::Put(r)
+        }
+        Method::DeleteRange => {
+            let r: pb::DeleteRangeRequest = decode(message)?;
+            validate::delete_range(&r)?;
+            proposed(message.len())?;
+            ShardRequest::DeleteRange(r)
+        }
+        Method::Txn => {
+            let r: pb::TxnRequest = decode(message)?;
+            validate::txn(&r, cfg.max_txn_ops as usize)?;
+            if !kv::txn_is_read_only(&r) {
+                proposed(message.len())?;
+            }
+            ShardRequest::Txn(r)
+        }
+        Method::Compact => {
+            let r: pb::CompactionRequest = decode(message)?;
+            proposed(message.len())?;
+            ShardRequest::Compact(r)
+        }
+        Method::Status => {
+            decode::<pb::StatusRequest>(message)?;
+            ShardRequest::Status
+        }
+        Method::MemberList => {
+            decode::<pb::MemberListRequest>(message)?;
+            ShardRequest::MemberList
+        }
+    })
 }
 
 struct CallCtx {
@@ -67,58 +165,30 @@ struct App {
 
 impl App {
     fn call_ref(&self, stream: u32) -> CallRef {
-        CallRef {
-            conn_slot: self.slot,
-            conn_gen: self.gen,
-            stream,
-        }
+        CallRef { conn_slot: self.slot, conn_gen: self.gen, stream }
     }
 }
 
 impl grpc::Service for App {
     fn on_call(&mut self, id: u32, call: &CallHead<'_>) -> Result<(), Status> {
-        let method = match (call.service, call.method) {
-            (HEALTH, "Check") => Method::HealthCheck,
-            (HEALTH, "Watch") => Method::HealthWatch,
-            (HEALTH, m) => return Err(Status::unknown_method(HEALTH, m)),
-            (s, _) => return Err(Status::unknown_service(s)),
-        };
+        let method = route(call.service, call.method)?;
         let deadline = call.timeout.map(|t| Instant::now() + t);
         if let Some(at) = deadline {
             self.arm.push((at, id));
         }
-        self.calls.insert(
-            id,
-            CallCtx {
-                method,
-                deadline,
-                got_message: false,
-            },
-        );
+        self.calls.insert(id, CallCtx { method, deadline, got_message: false });
         Ok(())
     }
 
     fn on_message(&mut self, id: u32, message: &[u8]) -> Result<(), Status> {
-        let Some(call) = self.calls.get_mut(&id) else {
-            return Ok(());
-        };
+        let Some(call) = self.calls.get_mut(&id) else { return Ok(()) };
         if call.got_message {
             // Unary and server-streaming calls take one request; grpc-go reads only the first.
             return Ok(());
         }
         call.got_message = true;
-        let req = HealthCheckRequest::decode(message).map_err(|e| {
-            Status::new(
-                Code::INTERNAL,
-                format!("grpc: error unmarshalling request: {e}"),
-            )
-        })?;
-        self.ready.push_back(Work::Shard {
-            stream: id,
-            req: ShardRequest::Health {
-                service: req.service,
-            },
-        });
+        let req = decode_request(call.method, message, &self.shared.cfg)?;
+        self.ready.push_back(Work::Shard { stream: id, req });
         Ok(())
     }
 
@@ -126,10 +196,7 @@ impl grpc::Service for App {
         if let Some(call) = self.calls.get(&id) {
             if !call.got_message {
                 // What grpc-go answers when a unary request has no message: io.EOF as Unknown.
-                self.ready.push_back(Work::Fail {
-                    stream: id,
-                    status: Status::new(Code::UNKNOWN, "EOF"),
-                });
+                self.ready.push_back(Work::Fail { stream: id, status: Status::new(Code::UNKNOWN, "EOF") });
             }
         }
     }
@@ -164,10 +231,7 @@ impl Conn {
     fn new(core: &Core, slot: u32, gen: u32) -> Self {
         let cfg = &core.shared.cfg;
         let gcfg = grpc::Config {
-            h2: metastore_net::h2::Config {
-                max_concurrent_streams: cfg.max_concurrent_streams,
-                ..Default::default()
-            },
+            h2: metastore_net::h2::Config { max_concurrent_streams: cfg.max_concurrent_streams, ..Default::default() },
             recv_message_bytes_max: cfg.recv_message_bytes_max(),
         };
         Self {
@@ -202,11 +266,7 @@ impl Conn {
     /// A deadline armed for `stream` passed.
     pub fn on_deadline(&self, core: &Core, stream: u32, at: Instant) {
         let mut st = self.state.borrow_mut();
-        let due = st
-            .app
-            .calls
-            .get(&stream)
-            .is_some_and(|c| c.deadline == Some(at));
+        let due = st.app.calls.get(&stream).is_some_and(|c| c.deadline == Some(at));
         if !due {
             return;
         }
@@ -242,10 +302,7 @@ fn deadline_exceeded() -> Status {
 fn encode_health(status: ServingStatus) -> impl FnOnce(&mut Vec<u8>) {
     move |buf| {
         // Encoding into a Vec cannot fail: it grows as needed.
-        let _ = HealthCheckResponse {
-            status: status as i32,
-        }
-        .encode(buf);
+        let _ = HealthCheckResponse { status: status as i32 }.encode(buf);
     }
 }
 
@@ -254,21 +311,14 @@ impl ConnState {
     /// the ring to the shard (the waker is registered for it).
     fn process(&mut self, core: &Core, waker: &std::task::Waker) -> bool {
         for (at, stream) in self.app.arm.drain(..) {
-            core.arm_deadline(
-                at,
-                CallRef {
-                    conn_slot: self.app.slot,
-                    conn_gen: self.app.gen,
-                    stream,
-                },
-            );
+            core.arm_deadline(at, CallRef { conn_slot: self.app.slot, conn_gen: self.app.gen, stream });
         }
         if !self.app.cancelled.is_empty() {
             let (slot, gen) = (self.app.slot, self.app.gen);
             let cancelled = &self.app.cancelled;
-            core.health_watchers.borrow_mut().retain(|(c, _)| {
-                !(c.conn_slot == slot && c.conn_gen == gen && cancelled.contains(&c.stream))
-            });
+            core.health_watchers
+                .borrow_mut()
+                .retain(|(c, _)| !(c.conn_slot == slot && c.conn_gen == gen && cancelled.contains(&c.stream)));
             self.app.cancelled.clear();
         }
         while let Some(work) = self.app.ready.pop_front() {
@@ -281,19 +331,18 @@ impl ConnState {
                     let Some(call) = self.app.calls.get(&stream) else {
                         continue;
                     };
-                    let env = Envelope {
-                        call: self.app.call_ref(stream),
-                        deadline: call.deadline,
-                        req,
-                    };
+                    let env = Envelope { call: self.app.call_ref(stream), deadline: call.deadline, req };
                     match core.submit(env, waker) {
-                        Submit::Done(reply) => self.apply_reply(core, stream, reply),
+                        Submit::Done(outcome) => {
+                            // The shard is on this core: its response is in the core's buffer.
+                            let out = core.local_out.borrow();
+                            self.apply(core, stream, outcome, &out);
+                            drop(out);
+                            core.local_out.borrow_mut().clear();
+                        }
                         Submit::Sent => {}
                         Submit::Full(env) => {
-                            self.app.ready.push_front(Work::Shard {
-                                stream,
-                                req: env.req,
-                            });
+                            self.app.ready.push_front(Work::Shard { stream, req: env.req });
                             return false;
                         }
                     }
@@ -303,34 +352,46 @@ impl ConnState {
         true
     }
 
+    /// A reply that came back over the ring.
     fn apply_reply(&mut self, core: &Core, stream: u32, reply: ShardReply) {
-        let Some(call) = self.app.calls.get(&stream) else {
-            return;
-        };
-        match (call.method, reply) {
-            (_, ShardReply::DeadlineExceeded) => self.end_call(core, stream, &deadline_exceeded()),
-            (Method::HealthCheck, ShardReply::Health(Some(s))) => {
+        match reply {
+            ShardReply::Encoded(bytes) => self.apply(core, stream, Outcome::Encoded, &bytes),
+            ShardReply::Health(s) => self.apply(core, stream, Outcome::Health(s), &[]),
+            ShardReply::Error(e) => self.apply(core, stream, Outcome::Error(e), &[]),
+            ShardReply::DeadlineExceeded => self.apply(core, stream, Outcome::DeadlineExceeded, &[]),
+        }
+    }
+
+    /// Answers a call with what the shard made of it (`encoded`: the response message).
+    fn apply(&mut self, core: &Core, stream: u32, outcome: Outcome, encoded: &[u8]) {
+        let Some(call) = self.app.calls.get(&stream) else { return };
+        match (call.method, outcome) {
+            (_, Outcome::DeadlineExceeded) => self.end_call(core, stream, &deadline_exceeded()),
+            (_, Outcome::Error(e)) => self.end_call(core, stream, &e),
+            (Method::HealthCheck, Outcome::Health(Some(s))) => {
                 self.app.calls.remove(&stream);
                 self.grpc.reply(stream, encode_health(s));
             }
-            (Method::HealthCheck, ShardReply::Health(None)) => {
-                self.end_call(
-                    core,
-                    stream,
-                    &Status::new(Code::NOT_FOUND, "unknown service"),
-                );
+            (Method::HealthCheck, Outcome::Health(None)) => {
+                self.end_call(core, stream, &Status::new(Code::NOT_FOUND, "unknown service"));
             }
-            (Method::HealthWatch, ShardReply::Health(s)) => {
+            (Method::HealthWatch, Outcome::Health(s)) => {
                 let status = s.unwrap_or(ServingStatus::ServiceUnknown);
                 self.grpc.send_message(stream, encode_health(status));
                 let known = s.is_some();
                 if core.is_draining() {
                     self.end_watch(core, stream, known);
                 } else {
-                    core.health_watchers
-                        .borrow_mut()
-                        .push((self.app.call_ref(stream), known));
+                    core.health_watchers.borrow_mut().push((self.app.call_ref(stream), known));
                 }
+            }
+            (_, Outcome::Encoded) => {
+                self.app.calls.remove(&stream);
+                self.grpc.reply(stream, |b| b.extend_from_slice(encoded));
+            }
+            (_, Outcome::Health(_)) => {
+                debug_assert!(false, "a health outcome for a non-health call");
+                self.end_call(core, stream, &Status::new(Code::INTERNAL, "unexpected reply"));
             }
         }
     }
@@ -338,14 +399,9 @@ impl ConnState {
     /// Ends a Health.Watch at shutdown: a last NOT_SERVING for a known service, then UNAVAILABLE.
     fn end_watch(&mut self, core: &Core, stream: u32, known: bool) {
         if known {
-            self.grpc
-                .send_message(stream, encode_health(ServingStatus::NotServing));
+            self.grpc.send_message(stream, encode_health(ServingStatus::NotServing));
         }
-        self.end_call(
-            core,
-            stream,
-            &Status::new(Code::UNAVAILABLE, "etcdserver: server stopped"),
-        );
+        self.end_call(core, stream, &Status::new(Code::UNAVAILABLE, "etcdserver: server stopped"));
     }
 
     fn end_call(&mut self, core: &Core, stream: u32, status: &Status) {
@@ -553,11 +609,7 @@ async fn serve_http1(core: &Core, mut rd: ReadHalf, mut wr: WriteHalf, first: Ve
             }
             Ok(None) => {}
             Err(e) => {
-                let status = if e == http1::Error::TooLarge {
-                    413
-                } else {
-                    400
-                };
+                let status = if e == http1::Error::TooLarge { 413 } else { 400 };
                 http1::write_response(&mut out, status, "text/plain; charset=utf-8", b"", true);
                 let _ = wr.write_all(out).await;
                 let _ = wr.shutdown().await;
@@ -617,11 +669,7 @@ mod tests {
         });
         let (tx, mut shard_rx) = ring::channel(2);
         let (_reply_tx, reply_rx) = ring::channel(2);
-        let link = ShardLink::Remote {
-            tx: RefCell::new(tx),
-            rx: RefCell::new(reply_rx),
-            space: WaitList::default(),
-        };
+        let link = ShardLink::Remote { tx: RefCell::new(tx), rx: RefCell::new(reply_rx), space: WaitList::default() };
         let core = Core::new(1, shared, link);
         let conn = core.add_conn(|slot, gen| Rc::new(Conn::new(&core, slot, gen)));
         let waker = std::task::Waker::noop();
@@ -630,22 +678,11 @@ mod tests {
         let ConnState { grpc, app, .. } = &mut *st;
         assert_eq!(grpc.recv(&bytes, app), bytes.len());
         assert!(!st.process(&core, waker), "the third request does not fit");
-        assert_eq!(
-            st.app.ready.len(),
-            1,
-            "it waits in the connection, not in an unbounded queue"
-        );
+        assert_eq!(st.app.ready.len(), 1, "it waits in the connection, not in an unbounded queue");
         assert_eq!(shard_rx.len(), 2);
-        let ShardLink::Remote { space, .. } = &core.link else {
-            unreachable!()
-        };
+        let ShardLink::Remote { space, .. } = &core.link else { unreachable!() };
         assert!(!space.is_empty(), "the connection waits for a slot");
-        assert_eq!(
-            core.stats()
-                .ring_full_waits
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
+        assert_eq!(core.stats().ring_full_waits.load(std::sync::atomic::Ordering::Relaxed), 1);
         let first = shard_rx.try_recv().expect("a request");
         assert_eq!(first.call.stream, 1);
         assert!(st.process(&core, waker), "a slot freed: dispatch resumes");

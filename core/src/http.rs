@@ -35,31 +35,19 @@ pub fn route(shared: &Shared, _method: &[u8], path: &[u8]) -> Option<HttpRespons
 
 /// Go's ServeMux answer for an unknown path, as etcd gives it over HTTP/1.1.
 pub fn not_found() -> HttpResponse {
-    HttpResponse {
-        status: 404,
-        content_type: "text/plain; charset=utf-8",
-        body: b"404 page not found\n".to_vec(),
-    }
+    HttpResponse { status: 404, content_type: "text/plain; charset=utf-8", body: b"404 page not found\n".to_vec() }
 }
 
 /// name, type, help, and how to read the value from one core's counters.
-type Series = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&crate::reactor::CoreStats) -> u64,
-);
+type Series = (&'static str, &'static str, &'static str, fn(&crate::reactor::CoreStats) -> u64);
 
 /// Prometheus text exposition of MetaStore's per-core figures.
 pub fn metrics(shared: &Shared) -> String {
     let mut s = String::new();
     let series: [Series; 4] = [
-        (
-            "metastore_core_connections",
-            "gauge",
-            "Client HTTP/2 connections open on each core.",
-            |c| c.conns_open.load(Ordering::Relaxed),
-        ),
+        ("metastore_core_connections", "gauge", "Client HTTP/2 connections open on each core.", |c| {
+            c.conns_open.load(Ordering::Relaxed)
+        }),
         (
             "metastore_core_connections_accepted_total",
             "counter",

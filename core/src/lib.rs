@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod etcd;
 pub mod http;
 pub mod notify;
 pub mod reactor;

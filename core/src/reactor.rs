@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::conn::Conn;
 use crate::notify::{LocalNotify, WaitList};
 use crate::ring::{Receiver, Sender};
-use crate::shard::{CallRef, Envelope, ReplyEnvelope, Shard, ShardReply};
+use crate::shard::{CallRef, Envelope, Outcome, ReplyEnvelope, Shard};
 
 /// Requests in flight from one core to the shard, and replies back. A full ring stops the
 /// connections that want to send more from reading.
@@ -42,10 +42,7 @@ impl CoreStats {
         c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
     pub fn sub(c: &AtomicU64, n: u64) {
-        c.store(
-            c.load(Ordering::Relaxed).saturating_sub(n),
-            Ordering::Relaxed,
-        );
+        c.store(c.load(Ordering::Relaxed).saturating_sub(n), Ordering::Relaxed);
     }
 }
 
@@ -57,10 +54,7 @@ pub struct StopSignal {
 
 impl StopSignal {
     pub fn new(cores: usize) -> Self {
-        Self {
-            flag: AtomicBool::new(false),
-            wakers: (0..cores).map(|_| AtomicWaker::new()).collect(),
-        }
+        Self { flag: AtomicBool::new(false), wakers: (0..cores).map(|_| AtomicWaker::new()).collect() }
     }
 
     pub fn stop(&self) {
@@ -114,8 +108,8 @@ pub enum ShardLink {
 }
 
 pub enum Submit {
-    /// Answered at once (the shard is on this core).
-    Done(ShardReply),
+    /// Answered at once (the shard is on this core); the response is in `Core::local_out`.
+    Done(Outcome),
     /// On its way; the reply arrives through `deliver`.
     Sent,
     /// The ring is full; the caller's waker is registered for a free slot.
@@ -135,6 +129,9 @@ pub struct Core {
     draining: Cell<bool>,
     drain_waiters: WaitList,
     pub drained: LocalNotify,
+    /// Where the shard encodes responses for connections on its own core (reused, no copy
+    /// through a ring).
+    pub local_out: RefCell<Vec<u8>>,
 }
 
 impl Core {
@@ -151,6 +148,7 @@ impl Core {
             draining: Cell::new(false),
             drain_waiters: WaitList::default(),
             drained: LocalNotify::default(),
+            local_out: RefCell::new(Vec::with_capacity(64 << 10)),
         }
     }
 
@@ -196,9 +194,7 @@ impl Core {
         }
         let empty = conns.is_empty();
         drop(conns);
-        self.health_watchers
-            .borrow_mut()
-            .retain(|(c, _)| !(c.conn_slot == slot && c.conn_gen == gen));
+        self.health_watchers.borrow_mut().retain(|(c, _)| !(c.conn_slot == slot && c.conn_gen == gen));
         if empty && self.draining.get() {
             self.drained.notify();
         }
@@ -206,10 +202,7 @@ impl Core {
 
     pub fn conn(&self, slot: u32, gen: u32) -> Option<Rc<Conn>> {
         let conns = self.conns.borrow();
-        conns
-            .get(slot as usize)
-            .filter(|(g, _)| *g == gen)
-            .map(|(_, c)| c.clone())
+        conns.get(slot as usize).filter(|(g, _)| *g == gen).map(|(_, c)| c.clone())
     }
 
     pub fn conn_count(&self) -> usize {
@@ -219,11 +212,11 @@ impl Core {
     /// Sends a request to the shard, or runs it here when the shard is local.
     pub fn submit(&self, env: Envelope, waker: &Waker) -> Submit {
         match &self.link {
-            ShardLink::Local { shard, .. } => Submit::Done(shard.borrow_mut().handle(
-                env.req,
-                env.deadline,
-                Instant::now(),
-            )),
+            ShardLink::Local { shard, .. } => {
+                let mut out = self.local_out.borrow_mut();
+                out.clear();
+                Submit::Done(shard.borrow_mut().execute(env.req, env.deadline, Instant::now(), &mut out))
+            }
             ShardLink::Remote { tx, space, .. } => match tx.borrow_mut().try_send(env) {
                 Ok(()) => {
                     CoreStats::add(&self.stats().shard_requests_sent, 1);
@@ -281,12 +274,7 @@ impl Core {
         if let ShardLink::Local { shard, .. } = &self.link {
             shard.borrow_mut().shutdown();
         }
-        let conns: Vec<Rc<Conn>> = self
-            .conns
-            .borrow()
-            .iter()
-            .map(|(_, (_, c))| c.clone())
-            .collect();
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().map(|(_, (_, c))| c.clone()).collect();
         for c in &conns {
             c.drain(self);
         }
@@ -367,10 +355,7 @@ pub async fn shard_loop(core: Rc<Core>) {
                 while n < RING_BATCH_MAX && tx.slots() > 0 {
                     let Some(env) = rx.try_recv() else { break };
                     let reply = shard.borrow_mut().handle(env.req, env.deadline, now);
-                    let pushed = tx.try_send(ReplyEnvelope {
-                        call: env.call,
-                        reply,
-                    });
+                    let pushed = tx.try_send(ReplyEnvelope { call: env.call, reply });
                     debug_assert!(pushed.is_ok(), "a slot was checked free");
                     n += 1;
                 }

@@ -33,17 +33,8 @@ pub struct Receiver<T> {
 pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     assert!(capacity > 0, "a ring needs at least one slot");
     let (p, c) = rtrb::RingBuffer::new(capacity);
-    let wakers = Arc::new(Wakers {
-        consumer: AtomicWaker::new(),
-        producer: AtomicWaker::new(),
-    });
-    (
-        Sender {
-            ring: p,
-            wakers: wakers.clone(),
-        },
-        Receiver { ring: c, wakers },
-    )
+    let wakers = Arc::new(Wakers { consumer: AtomicWaker::new(), producer: AtomicWaker::new() });
+    (Sender { ring: p, wakers: wakers.clone() }, Receiver { ring: c, wakers })
 }
 
 impl<T> Sender<T> {
@@ -164,10 +155,7 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         assert!(tx.poll_ready(&mut cx).is_pending());
         assert_eq!(rx.try_recv(), Some(1));
-        assert!(
-            flag.0.load(Ordering::SeqCst),
-            "pop must wake the waiting sender"
-        );
+        assert!(flag.0.load(Ordering::SeqCst), "pop must wake the waiting sender");
         assert!(tx.poll_ready(&mut cx).is_ready());
     }
 

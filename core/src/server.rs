@@ -14,11 +14,10 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use tracing::{info, warn};
 
 use crate::config::{Config, IoDriver};
-use crate::reactor::{
-    self, Core, CoreStats, ShardLink, Shared, StopSignal, SHARD_RING_ENTRIES_MAX,
-};
+use crate::etcd::kv::Ids;
+use crate::reactor::{self, Core, CoreStats, ShardLink, Shared, StopSignal, SHARD_RING_ENTRIES_MAX};
 use crate::ring;
-use crate::shard::Shard;
+use crate::shard::{MemberInfo, Shard};
 
 /// The core that owns the data shard (Stage 1: one shard).
 pub const SHARD_CORE: usize = 0;
@@ -83,17 +82,8 @@ pub fn resolve_driver(wanted: IoDriver) -> Result<IoDriver, StartError> {
 /// Binds one listening socket with SO_REUSEPORT.
 fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     use rustix::net::{sockopt, AddressFamily, SocketFlags, SocketType};
-    let family = if addr.is_ipv4() {
-        AddressFamily::INET
-    } else {
-        AddressFamily::INET6
-    };
-    let fd = rustix::net::socket_with(
-        family,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )?;
+    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+    let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK, None)?;
     sockopt::set_socket_reuseaddr(&fd, true)?;
     sockopt::set_socket_reuseport(&fd, true)?;
     if addr.is_ipv6() {
@@ -107,9 +97,7 @@ fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// The CPUs this process may run on, in order.
 fn allowed_cpus() -> Vec<usize> {
     match rustix::thread::sched_getaffinity(None) {
-        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU)
-            .filter(|&c| set.is_set(c))
-            .collect(),
+        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -127,12 +115,8 @@ pub fn start(cfg: Config) -> Result<Server, StartError> {
         IoDriver::Uring => "io_uring",
         _ => "epoll",
     };
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
-        StartError(format!(
-            "cannot create data dir {}: {e}",
-            cfg.data_dir.display()
-        ))
-    })?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| StartError(format!("cannot create data dir {}: {e}", cfg.data_dir.display())))?;
     let cores = cfg.cores;
 
     // One socket per core per URL. The first binds (port 0 picks a free port, never one shared
@@ -140,25 +124,18 @@ pub fn start(cfg: Config) -> Result<Server, StartError> {
     let mut per_core: Vec<Vec<std::net::TcpListener>> = (0..cores).map(|_| Vec::new()).collect();
     let mut client_addrs = Vec::new();
     for url in &cfg.listen_client_urls {
-        let first = bind_reuseport(url.addr)
-            .map_err(|e| StartError(format!("cannot listen on {url}: {e}")))?;
-        let bound = first
-            .local_addr()
-            .map_err(|e| StartError(format!("cannot read the bound address of {url}: {e}")))?;
+        let first = bind_reuseport(url.addr).map_err(|e| StartError(format!("cannot listen on {url}: {e}")))?;
+        let bound =
+            first.local_addr().map_err(|e| StartError(format!("cannot read the bound address of {url}: {e}")))?;
         per_core[0].push(first);
         for listeners in per_core.iter_mut().skip(1) {
-            let l = bind_reuseport(bound)
-                .map_err(|e| StartError(format!("cannot listen on {bound}: {e}")))?;
+            let l = bind_reuseport(bound).map_err(|e| StartError(format!("cannot listen on {bound}: {e}")))?;
             listeners.push(l);
         }
         client_addrs.push(bound);
     }
-    write_client_urls(&cfg.data_dir, &client_addrs).map_err(|e| {
-        StartError(format!(
-            "cannot write {CLIENT_URLS_FILE} in {}: {e}",
-            cfg.data_dir.display()
-        ))
-    })?;
+    write_client_urls(&cfg.data_dir, &client_addrs)
+        .map_err(|e| StartError(format!("cannot write {CLIENT_URLS_FILE} in {}: {e}", cfg.data_dir.display())))?;
 
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
@@ -203,24 +180,24 @@ pub fn start(cfg: Config) -> Result<Server, StartError> {
         name = %cfg.name,
         "metastore started"
     );
-    Ok(Server {
-        shared,
-        threads,
-        client_addrs,
-    })
+    Ok(Server { shared, threads, client_addrs })
 }
 
 enum ShardLinkParts {
-    Local(
-        Vec<(
-            ring::Receiver<crate::shard::Envelope>,
-            ring::Sender<crate::shard::ReplyEnvelope>,
-        )>,
-    ),
-    Remote(
-        ring::Sender<crate::shard::Envelope>,
-        ring::Receiver<crate::shard::ReplyEnvelope>,
-    ),
+    Local(Vec<(ring::Receiver<crate::shard::Envelope>, ring::Sender<crate::shard::ReplyEnvelope>)>),
+    Remote(ring::Sender<crate::shard::Envelope>, ring::Receiver<crate::shard::ReplyEnvelope>),
+}
+
+/// Raft term reported until consensus exists: a single member that elected itself once.
+const RAFT_TERM_SINGLE: u64 = 2;
+
+fn member_info(cfg: &Config) -> MemberInfo {
+    MemberInfo {
+        ids: Ids { cluster_id: cfg.cluster_id(), member_id: cfg.member_id(), raft_term: RAFT_TERM_SINGLE },
+        name: cfg.name.clone(),
+        peer_urls: cfg.initial_advertise_peer_urls.clone(),
+        client_urls: cfg.advertise_client_urls.clone(),
+    }
 }
 
 fn run_core(
@@ -238,7 +215,7 @@ fn run_core(
     }
     let link = match link {
         ShardLinkParts::Local(inbound) => ShardLink::Local {
-            shard: std::cell::RefCell::new(Shard::new()),
+            shard: std::cell::RefCell::new(Shard::new(member_info(&shared.cfg))),
             inbound: std::cell::RefCell::new(inbound),
         },
         ShardLinkParts::Remote(tx, rx) => ShardLink::Remote {
@@ -249,14 +226,10 @@ fn run_core(
     };
     let main = core_main(id, shared.clone(), link, listeners);
     let result = match driver {
-        IoDriver::Uring => RuntimeBuilder::<IoUringDriver>::new()
-            .enable_timer()
-            .build()
-            .map(|mut rt| rt.block_on(main)),
-        _ => RuntimeBuilder::<LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .map(|mut rt| rt.block_on(main)),
+        IoDriver::Uring => {
+            RuntimeBuilder::<IoUringDriver>::new().enable_timer().build().map(|mut rt| rt.block_on(main))
+        }
+        _ => RuntimeBuilder::<LegacyDriver>::new().enable_timer().build().map(|mut rt| rt.block_on(main)),
     };
     if let Err(e) = result {
         tracing::error!(core = id, error = %e, "cannot start the core's reactor");
@@ -265,12 +238,7 @@ fn run_core(
     }
 }
 
-async fn core_main(
-    id: usize,
-    shared: Arc<Shared>,
-    link: ShardLink,
-    listeners: Vec<std::net::TcpListener>,
-) {
+async fn core_main(id: usize, shared: Arc<Shared>, link: ShardLink, listeners: Vec<std::net::TcpListener>) {
     let core = Rc::new(Core::new(id, shared.clone(), link));
     for l in listeners {
         match monoio::net::TcpListener::from_std(l) {

@@ -19,10 +19,7 @@ fn health_check(c: &mut RawConn, id: u32) {
     c.grpc_call(id, "/grpc.health.v1.Health/Check", false);
     c.data(id, &RawConn::grpc_message(&[]), true);
     let t = c.trailers(id, T).expect("health check answered");
-    assert!(
-        t.iter().any(|(n, v)| n == "grpc-status" && v == "0"),
-        "{t:?}"
-    );
+    assert!(t.iter().any(|(n, v)| n == "grpc-status" && v == "0"), "{t:?}");
 }
 
 type Attack = (&'static str, fn(SocketAddr) -> Ending, Ending);
@@ -67,11 +64,7 @@ fn attacks() -> Vec<Attack> {
             |a| {
                 let mut c = RawConn::handshake(a);
                 let big = "x".repeat(4000);
-                let mut fields = vec![
-                    (":method", "POST"),
-                    (":scheme", "http"),
-                    (":path", "/a.B/C"),
-                ];
+                let mut fields = vec![(":method", "POST"), (":scheme", "http"), (":path", "/a.B/C")];
                 for _ in 0..20 {
                     fields.push(("x-big", big.as_str()));
                 }
@@ -159,17 +152,10 @@ fn bad_input_gets_protocol_errors_and_leaks_nothing() {
         }
         let rss_after = srv.rss_kib();
         eprintln!("[{driver}] RSS after warm-up {rss_warm} KiB, after 20 rounds {rss_after} KiB");
-        assert!(
-            rss_after <= rss_warm + 8 * 1024,
-            "[{driver}] RSS grew from {rss_warm} to {rss_after} KiB"
-        );
+        assert!(rss_after <= rss_warm + 8 * 1024, "[{driver}] RSS grew from {rss_warm} to {rss_after} KiB");
         drop(good);
         let back = common::wait_until(10, || srv.metric_sum("metastore_core_connections") == 0.0);
-        assert!(
-            back,
-            "[{driver}] connections did not return to 0:\n{}",
-            srv.metrics()
-        );
+        assert!(back, "[{driver}] connections did not return to 0:\n{}", srv.metrics());
         srv.stop();
     }
 }

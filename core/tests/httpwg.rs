@@ -24,14 +24,7 @@ fn httpwg_suite_passes_under_both_drivers() {
     for driver in common::DRIVERS {
         let srv = common::TestServer::start(driver, &["--max-concurrent-streams", "100"]);
         let out = Command::new("httpwg")
-            .args([
-                "-a",
-                &srv.addr.to_string(),
-                "--frame-timeout",
-                "2000",
-                "--connect-timeout",
-                "2000",
-            ])
+            .args(["-a", &srv.addr.to_string(), "--frame-timeout", "2000", "--connect-timeout", "2000"])
             .env("RUST_LOG", "error")
             .output()
             .expect("httpwg not found: run scripts/install-test-tools (cargo install httpwg-cli)");
@@ -41,34 +34,17 @@ fn httpwg_suite_passes_under_both_drivers() {
             .filter_map(|l| l.split_once("Test failed: "))
             .map(|(_, name)| name.trim().to_string())
             .collect();
-        let summary = stderr
-            .lines()
-            .find(|l| l.contains("Passed"))
-            .unwrap_or("no summary line");
+        let summary = stderr.lines().find(|l| l.contains("Passed")).unwrap_or("no summary line");
         eprintln!("[{driver}] {summary}");
         let passed_line = summary.contains("Passed");
         assert!(passed_line, "[{driver}] httpwg did not finish:\n{stderr}");
         let unexpected: Vec<_> = failed.difference(&listed).collect();
         let fixed: Vec<_> = listed.difference(&failed).collect();
-        assert!(
-            unexpected.is_empty(),
-            "[{driver}] cases failing and not in CONFORMANCE.md: {unexpected:?}\n{stderr}"
-        );
-        assert!(
-            fixed.is_empty(),
-            "[{driver}] cases listed in CONFORMANCE.md that now pass: {fixed:?}"
-        );
-        assert_eq!(
-            out.status.success(),
-            failed.is_empty(),
-            "[{driver}] exit status vs failures"
-        );
+        assert!(unexpected.is_empty(), "[{driver}] cases failing and not in CONFORMANCE.md: {unexpected:?}\n{stderr}");
+        assert!(fixed.is_empty(), "[{driver}] cases listed in CONFORMANCE.md that now pass: {fixed:?}");
+        assert_eq!(out.status.success(), failed.is_empty(), "[{driver}] exit status vs failures");
         // The server survived the whole suite and still serves.
-        assert_eq!(
-            common::http_get(srv.addr, "/").unwrap().0,
-            200,
-            "[{driver}]"
-        );
+        assert_eq!(common::http_get(srv.addr, "/").unwrap().0, 200, "[{driver}]");
         srv.stop();
     }
 }

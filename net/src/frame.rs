@@ -139,13 +139,7 @@ pub fn write_goaway(dst: &mut Vec<u8>, last_stream_id: u32, code: ErrorCode, deb
 
 /// Writes `payload` as DATA frames of at most `max_frame` bytes each; END_STREAM (if asked)
 /// goes on the last one. An empty payload with `end_stream` is one empty DATA frame.
-pub fn write_data(
-    dst: &mut Vec<u8>,
-    stream_id: u32,
-    payload: &[u8],
-    end_stream: bool,
-    max_frame: usize,
-) {
+pub fn write_data(dst: &mut Vec<u8>, stream_id: u32, payload: &[u8], end_stream: bool, max_frame: usize) {
     debug_assert!(max_frame > 0);
     if payload.is_empty() {
         if end_stream {
@@ -156,11 +150,7 @@ pub fn write_data(
     let mut chunks = payload.chunks(max_frame).peekable();
     while let Some(chunk) = chunks.next() {
         let last = chunks.peek().is_none();
-        let flags = if last && end_stream {
-            flag::END_STREAM
-        } else {
-            0
-        };
+        let flags = if last && end_stream { flag::END_STREAM } else { 0 };
         write_header(dst, chunk.len(), kind::DATA, flags, stream_id);
         dst.extend_from_slice(chunk);
     }
@@ -168,23 +158,11 @@ pub fn write_data(
 
 /// Writes an encoded header block as HEADERS plus as many CONTINUATION frames as the peer's
 /// maximum frame size needs.
-pub fn write_header_block(
-    dst: &mut Vec<u8>,
-    stream_id: u32,
-    block: &[u8],
-    end_stream: bool,
-    max_frame: usize,
-) {
+pub fn write_header_block(dst: &mut Vec<u8>, stream_id: u32, block: &[u8], end_stream: bool, max_frame: usize) {
     debug_assert!(max_frame > 0);
     let end = if end_stream { flag::END_STREAM } else { 0 };
     if block.len() <= max_frame {
-        write_header(
-            dst,
-            block.len(),
-            kind::HEADERS,
-            end | flag::END_HEADERS,
-            stream_id,
-        );
+        write_header(dst, block.len(), kind::HEADERS, end | flag::END_HEADERS, stream_id);
         dst.extend_from_slice(block);
         return;
     }

@@ -53,17 +53,11 @@ pub struct Status {
 
 impl Status {
     pub const fn ok() -> Self {
-        Self {
-            code: Code::OK,
-            message: Cow::Borrowed(""),
-        }
+        Self { code: Code::OK, message: Cow::Borrowed("") }
     }
 
     pub fn new(code: Code, message: impl Into<Cow<'static, str>>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
 
     /// grpc-go's answer for a service this server does not have.
@@ -73,10 +67,7 @@ impl Status {
 
     /// grpc-go's answer for a method a known service does not have.
     pub fn unknown_method(service: &str, method: &str) -> Self {
-        Self::new(
-            Code::UNIMPLEMENTED,
-            format!("unknown method {method} for service {service}"),
-        )
+        Self::new(Code::UNIMPLEMENTED, format!("unknown method {method} for service {service}"))
     }
 }
 
@@ -90,10 +81,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self {
-            h2: h2::Config::default(),
-            recv_message_bytes_max: RECV_MESSAGE_BYTES_DEFAULT,
-        }
+        Self { h2: h2::Config::default(), recv_message_bytes_max: RECV_MESSAGE_BYTES_DEFAULT }
     }
 }
 
@@ -155,15 +143,8 @@ struct Call {
 type CallMap = HashMap<u32, Call>;
 
 enum Action {
-    Finish {
-        id: u32,
-        http_status: u16,
-        status: Status,
-    },
-    Http {
-        id: u32,
-        response: HttpResponse,
-    },
+    Finish { id: u32, http_status: u16, status: Status },
+    Http { id: u32, response: HttpResponse },
 }
 
 pub struct GrpcConn {
@@ -197,11 +178,7 @@ impl GrpcConn {
         let mut actions = std::mem::take(&mut self.actions);
         for action in actions.drain(..) {
             match action {
-                Action::Finish {
-                    id,
-                    http_status,
-                    status,
-                } => self.finish_with(id, http_status, &status),
+                Action::Finish { id, http_status, status } => self.finish_with(id, http_status, &status),
                 Action::Http { id, response } => self.send_http(id, &response),
             }
         }
@@ -220,11 +197,7 @@ impl GrpcConn {
         };
         if !call.headers_sent {
             call.headers_sent = true;
-            self.h2.send_headers(
-                id,
-                &[(b":status", b"200"), (b"content-type", b"application/grpc")],
-                false,
-            );
+            self.h2.send_headers(id, &[(b":status", b"200"), (b"content-type", b"application/grpc")], false);
         }
         true
     }
@@ -338,11 +311,7 @@ impl<S: Service> Adapter<'_, S> {
         if call.accepted {
             self.svc.on_cancel(id);
         }
-        self.actions.push(Action::Finish {
-            id,
-            http_status,
-            status,
-        });
+        self.actions.push(Action::Finish { id, http_status, status });
     }
 
     /// Splits `data` into messages. Returns the first failure.
@@ -380,12 +349,7 @@ impl<S: Service> Adapter<'_, S> {
             }
             call.prefix_len = 0;
             let flag = call.prefix[0];
-            let len = u32::from_be_bytes([
-                call.prefix[1],
-                call.prefix[2],
-                call.prefix[3],
-                call.prefix[4],
-            ]) as usize;
+            let len = u32::from_be_bytes([call.prefix[1], call.prefix[2], call.prefix[3], call.prefix[4]]) as usize;
             match (flag, &call.encoding) {
                 (0, _) => {}
                 (1, Some(enc)) => {
@@ -401,10 +365,7 @@ impl<S: Service> Adapter<'_, S> {
                     ));
                 }
                 (f, _) => {
-                    return Err(Status::new(
-                        Code::INTERNAL,
-                        format!("grpc: received unexpected payload format {f}"),
-                    ));
+                    return Err(Status::new(Code::INTERNAL, format!("grpc: received unexpected payload format {f}")));
                 }
             }
             if len > max {
@@ -455,10 +416,7 @@ impl<S: Service> h2::Handler for Adapter<'_, S> {
             self.calls.insert(id, call);
             if !known {
                 let ct = String::from_utf8_lossy(content_type);
-                let status = Status::new(
-                    Code::INVALID_ARGUMENT,
-                    format!("invalid gRPC request content-type {ct:?}"),
-                );
+                let status = Status::new(Code::INVALID_ARGUMENT, format!("invalid gRPC request content-type {ct:?}"));
                 self.fail(id, 415, status);
             } else if end_stream {
                 self.on_data(id, &[], true);
@@ -481,21 +439,23 @@ impl<S: Service> h2::Handler for Adapter<'_, S> {
                 return;
             }
         };
+        // gRPC is POST only; grpc-go answers any other method with HTTP 405 and Internal.
+        let http_method = headers.get(b":method").unwrap_or(b"");
+        if http_method != b"POST" {
+            let m = String::from_utf8_lossy(http_method);
+            let status = Status::new(
+                Code::INTERNAL,
+                format!("Received a HEADERS frame with :method {m:?} which should be POST"),
+            );
+            self.fail(id, 405, status);
+            return;
+        }
         let Some((service, method)) = split_path(path) else {
             let p = String::from_utf8_lossy(path);
-            self.fail(
-                id,
-                200,
-                Status::new(Code::UNIMPLEMENTED, format!("malformed method name: {p:?}")),
-            );
+            self.fail(id, 200, Status::new(Code::UNIMPLEMENTED, format!("malformed method name: {p:?}")));
             return;
         };
-        let head = CallHead {
-            service,
-            method,
-            timeout,
-            headers,
-        };
+        let head = CallHead { service, method, timeout, headers };
         if let Err(status) = self.svc.on_call(id, &head) {
             self.fail(id, 200, status);
             return;
@@ -568,9 +528,7 @@ pub fn parse_timeout(v: &[u8]) -> Option<Duration> {
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let n = digits
-        .iter()
-        .fold(0u64, |acc, d| acc * 10 + (d - b'0') as u64);
+    let n = digits.iter().fold(0u64, |acc, d| acc * 10 + (d - b'0') as u64);
     Some(match unit {
         b'H' => Duration::from_secs(n * 3600),
         b'M' => Duration::from_secs(n * 60),
@@ -614,10 +572,7 @@ pub fn percent_decode(s: &[u8]) -> String {
     let mut i = 0;
     while i < s.len() {
         if s[i] == b'%' {
-            if let Some(v) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-            {
+            if let Some(v) = s.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()) {
                 if let Ok(b) = u8::from_str_radix(v, 16) {
                     out.push(b);
                     i += 3;
@@ -667,43 +622,18 @@ mod tests {
         assert_eq!(parse_timeout(b"2M"), Some(Duration::from_secs(120)));
         assert_eq!(parse_timeout(b"3S"), Some(Duration::from_secs(3)));
         assert_eq!(parse_timeout(b"4m"), Some(Duration::from_millis(4)));
-        assert_eq!(
-            parse_timeout(b"4999870u"),
-            Some(Duration::from_micros(4_999_870))
-        );
+        assert_eq!(parse_timeout(b"4999870u"), Some(Duration::from_micros(4_999_870)));
         assert_eq!(parse_timeout(b"6n"), Some(Duration::from_nanos(6)));
-        assert_eq!(
-            parse_timeout(b"99999999S"),
-            Some(Duration::from_secs(99_999_999))
-        );
-        for bad in [
-            &b""[..],
-            b"S",
-            b"123456789S",
-            b"1x",
-            b"-1S",
-            b"1 S",
-            b"1.5S",
-        ] {
-            assert_eq!(
-                parse_timeout(bad),
-                None,
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+        assert_eq!(parse_timeout(b"99999999S"), Some(Duration::from_secs(99_999_999)));
+        for bad in [&b""[..], b"S", b"123456789S", b"1x", b"-1S", b"1 S", b"1.5S"] {
+            assert_eq!(parse_timeout(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
-        assert_eq!(
-            parse_timeout(format_timeout(Duration::from_secs(5)).as_bytes()),
-            Some(Duration::from_secs(5))
-        );
+        assert_eq!(parse_timeout(format_timeout(Duration::from_secs(5)).as_bytes()), Some(Duration::from_secs(5)));
     }
 
     #[test]
     fn paths() {
-        assert_eq!(
-            split_path(b"/etcdserverpb.KV/Range"),
-            Some(("etcdserverpb.KV", "Range"))
-        );
+        assert_eq!(split_path(b"/etcdserverpb.KV/Range"), Some(("etcdserverpb.KV", "Range")));
         assert_eq!(split_path(b"/a/b/c"), Some(("a/b", "c")));
         assert_eq!(split_path(b"etcdserverpb.KV/Range"), None);
         assert_eq!(split_path(b"/Range"), None);
@@ -712,10 +642,7 @@ mod tests {
 
     #[test]
     fn grpc_message_percent_encoding() {
-        assert_eq!(
-            percent_encode("etcdserver: key is not provided"),
-            "etcdserver: key is not provided"
-        );
+        assert_eq!(percent_encode("etcdserver: key is not provided"), "etcdserver: key is not provided");
         assert_eq!(percent_encode("50% ✓\n"), "50%25 %E2%9C%93%0A");
         assert_eq!(percent_decode(b"50%25 %E2%9C%93%0A"), "50% ✓\n");
         assert_eq!(percent_decode(b"bad %G1 %2"), "bad %G1 %2");

@@ -75,12 +75,7 @@ impl HeaderList {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.fields.iter().map(move |&[s, m, e]| {
-            (
-                &self.buf[s as usize..m as usize],
-                &self.buf[m as usize..e as usize],
-            )
-        })
+        self.fields.iter().map(move |&[s, m, e]| (&self.buf[s as usize..m as usize], &self.buf[m as usize..e as usize]))
     }
 
     /// The first field with this name.
@@ -237,10 +232,7 @@ impl Connection {
             (setting::MAX_HEADER_LIST_SIZE, c.cfg.header_list_bytes_max),
         ];
         if c.cfg.max_concurrent_streams != u32::MAX {
-            settings.push((
-                setting::MAX_CONCURRENT_STREAMS,
-                c.cfg.max_concurrent_streams,
-            ));
+            settings.push((setting::MAX_CONCURRENT_STREAMS, c.cfg.max_concurrent_streams));
         } else {
             // etcd advertises the maximum explicitly; so do we.
             settings.push((setting::MAX_CONCURRENT_STREAMS, u32::MAX));
@@ -249,10 +241,7 @@ impl Connection {
             settings.push((setting::HEADER_TABLE_SIZE, c.cfg.header_table_bytes));
         }
         frame::write_settings(&mut c.out, &settings);
-        let extra = c
-            .cfg
-            .connection_window_bytes
-            .saturating_sub(frame::WINDOW_SIZE_DEFAULT);
+        let extra = c.cfg.connection_window_bytes.saturating_sub(frame::WINDOW_SIZE_DEFAULT);
         if extra > 0 {
             frame::write_window_update(&mut c.out, 0, extra);
             c.recv_window += extra as i64;
@@ -295,11 +284,7 @@ impl Connection {
 
     /// DATA bytes held back by flow control, across all streams.
     pub fn blocked_bytes(&self) -> usize {
-        self.blocked
-            .iter()
-            .filter_map(|id| self.streams.get(id))
-            .map(|s| s.pending.len())
-            .sum()
+        self.blocked.iter().filter_map(|id| self.streams.get(id)).map(|s| s.pending.len()).sum()
     }
 
     /// Graceful shutdown: GOAWAY(NO_ERROR) naming the last stream we accept; streams already
@@ -320,12 +305,7 @@ impl Connection {
 
     fn conn_error(&mut self, code: ErrorCode, debug: &str) -> Flow {
         if !self.closed {
-            frame::write_goaway(
-                &mut self.out,
-                self.max_client_stream_id,
-                code,
-                debug.as_bytes(),
-            );
+            frame::write_goaway(&mut self.out, self.max_client_stream_id, code, debug.as_bytes());
             self.closed = true;
         }
         Flow::Stop
@@ -339,11 +319,7 @@ impl Connection {
     }
 
     fn closed_state(&self, id: u32) -> Option<bool> {
-        self.recently_closed
-            .iter()
-            .rev()
-            .find(|(i, _)| *i == id)
-            .map(|&(_, r)| r)
+        self.recently_closed.iter().rev().find(|(i, _)| *i == id).map(|&(_, r)| r)
     }
 
     /// Resets a stream (stream error, or the application giving up on it).
@@ -390,10 +366,7 @@ impl Connection {
             arr.copy_from_slice(hdr_bytes);
             let hdr = FrameHeader::parse(&arr);
             if hdr.len > self.cfg.frame_bytes_max {
-                self.conn_error(
-                    ErrorCode::FRAME_SIZE_ERROR,
-                    "frame larger than SETTINGS_MAX_FRAME_SIZE",
-                );
+                self.conn_error(ErrorCode::FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE");
                 break;
             }
             let start = pos + FRAME_HEADER_LEN;
@@ -424,9 +397,7 @@ impl Connection {
             kind::PRIORITY => self.on_priority(hdr, payload, h),
             kind::RST_STREAM => self.on_rst_stream(hdr, payload, h),
             kind::SETTINGS => self.on_settings(hdr, payload),
-            kind::PUSH_PROMISE => {
-                self.conn_error(ErrorCode::PROTOCOL_ERROR, "client sent PUSH_PROMISE")
-            }
+            kind::PUSH_PROMISE => self.conn_error(ErrorCode::PROTOCOL_ERROR, "client sent PUSH_PROMISE"),
             kind::PING => self.on_ping(hdr, payload),
             kind::GOAWAY => self.on_goaway(hdr, payload),
             kind::WINDOW_UPDATE => self.on_window_update(hdr, payload, h),
@@ -522,16 +493,10 @@ impl Connection {
         let mut self_dependent = false;
         if hdr.has(flag::PRIORITY) {
             let Some(dep) = frame::read_u32(&payload[..end], start) else {
-                return self.conn_error(
-                    ErrorCode::FRAME_SIZE_ERROR,
-                    "HEADERS too short for priority",
-                );
+                return self.conn_error(ErrorCode::FRAME_SIZE_ERROR, "HEADERS too short for priority");
             };
             if end < start + 5 {
-                return self.conn_error(
-                    ErrorCode::FRAME_SIZE_ERROR,
-                    "HEADERS too short for priority",
-                );
+                return self.conn_error(ErrorCode::FRAME_SIZE_ERROR, "HEADERS too short for priority");
             }
             self_dependent = dep & 0x7fff_ffff == id;
             start += 5;
@@ -541,13 +506,8 @@ impl Connection {
         if hdr.has(flag::END_HEADERS) {
             self.on_header_block(id, end_stream, self_dependent, fragment, h)
         } else {
-            self.block = Some(PendingBlock {
-                stream_id: id,
-                end_stream,
-                self_dependent,
-                frames: 1,
-                buf: fragment.to_vec(),
-            });
+            self.block =
+                Some(PendingBlock { stream_id: id, end_stream, self_dependent, frames: 1, buf: fragment.to_vec() });
             Flow::Continue
         }
     }
@@ -564,13 +524,7 @@ impl Connection {
         }
         block.buf.extend_from_slice(payload);
         if hdr.has(flag::END_HEADERS) {
-            let r = self.on_header_block(
-                block.stream_id,
-                block.end_stream,
-                block.self_dependent,
-                &block.buf,
-                h,
-            );
+            let r = self.on_header_block(block.stream_id, block.end_stream, block.self_dependent, &block.buf, h);
             // Keep the allocation for the next multi-frame block.
             block.buf.clear();
             self.scratch = block.buf;
@@ -586,13 +540,8 @@ impl Connection {
     fn decode_block(&mut self, block: &[u8], trailer: bool) -> Result<bool, hpack::DecodeError> {
         let headers = &mut self.headers;
         headers.clear();
-        let mut c = Check {
-            trailer,
-            ..Check::default()
-        };
-        let r = self.decoder.decode(block, |name, value| {
-            check_field(&mut c, headers, name, value)
-        });
+        let mut c = Check { trailer, ..Check::default() };
+        let r = self.decoder.decode(block, |name, value| check_field(&mut c, headers, name, value));
         match r {
             Ok(()) => {}
             Err(hpack::DecodeError::HeaderListTooLarge) => return Ok(true),
@@ -626,19 +575,14 @@ impl Connection {
             let recv_closed = s.recv_closed;
             let malformed = match self.decode_block(block, true) {
                 Ok(m) => m,
-                Err(_) => {
-                    return self.conn_error(ErrorCode::COMPRESSION_ERROR, "HPACK decoding failed")
-                }
+                Err(_) => return self.conn_error(ErrorCode::COMPRESSION_ERROR, "HPACK decoding failed"),
             };
             if recv_closed {
                 self.stream_error(id, ErrorCode::STREAM_CLOSED, h);
             } else if malformed || !end_stream || self_dependent {
                 self.stream_error(id, ErrorCode::PROTOCOL_ERROR, h);
             } else {
-                let s = self
-                    .streams
-                    .get_mut(&id)
-                    .expect("stream present: checked above");
+                let s = self.streams.get_mut(&id).expect("stream present: checked above");
                 s.recv_closed = true;
                 if let Some(cl) = s.content_length {
                     if s.received != cl {
@@ -656,16 +600,20 @@ impl Connection {
         }
         if id <= self.max_client_stream_id {
             return match self.closed_state(id) {
-                Some(_) => self.conn_error(ErrorCode::STREAM_CLOSED, "HEADERS on closed stream"),
+                // We reset it: what the client had in flight is ignored (RFC 9113 §5.1), but the
+                // block must still go through the decoder to keep the HPACK table in step.
+                Some(true) => match self.decode_block(block, true) {
+                    Ok(_) => Flow::Continue,
+                    Err(_) => self.conn_error(ErrorCode::COMPRESSION_ERROR, "HPACK decoding failed"),
+                },
+                Some(false) => self.conn_error(ErrorCode::STREAM_CLOSED, "HEADERS on closed stream"),
                 None => self.conn_error(ErrorCode::PROTOCOL_ERROR, "stream id not increasing"),
             };
         }
         self.max_client_stream_id = id;
         let malformed = match self.decode_block(block, false) {
             Ok(m) => m,
-            Err(_) => {
-                return self.conn_error(ErrorCode::COMPRESSION_ERROR, "HPACK decoding failed")
-            }
+            Err(_) => return self.conn_error(ErrorCode::COMPRESSION_ERROR, "HPACK decoding failed"),
         };
         if let Some(last) = self.draining {
             if id > last {
@@ -750,10 +698,7 @@ impl Connection {
             return Flow::Continue;
         }
         if !payload.len().is_multiple_of(6) {
-            return self.conn_error(
-                ErrorCode::FRAME_SIZE_ERROR,
-                "SETTINGS length not a multiple of 6",
-            );
+            return self.conn_error(ErrorCode::FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6");
         }
         for entry in payload.chunks_exact(6) {
             let id = u16::from_be_bytes([entry[0], entry[1]]);
@@ -761,32 +706,24 @@ impl Connection {
             match id {
                 setting::HEADER_TABLE_SIZE => self.encoder.set_max_table_size(value as usize),
                 setting::ENABLE_PUSH if value > 1 => {
-                    return self
-                        .conn_error(ErrorCode::PROTOCOL_ERROR, "ENABLE_PUSH must be 0 or 1");
+                    return self.conn_error(ErrorCode::PROTOCOL_ERROR, "ENABLE_PUSH must be 0 or 1");
                 }
                 setting::INITIAL_WINDOW_SIZE => {
                     if value as i64 > frame::WINDOW_SIZE_MAX {
-                        return self.conn_error(
-                            ErrorCode::FLOW_CONTROL_ERROR,
-                            "INITIAL_WINDOW_SIZE too large",
-                        );
+                        return self.conn_error(ErrorCode::FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE too large");
                     }
                     let delta = value as i64 - self.peer_initial_window as i64;
                     self.peer_initial_window = value;
                     for s in self.streams.values_mut() {
                         s.send_window += delta;
                         if s.send_window > frame::WINDOW_SIZE_MAX {
-                            return self.conn_error(
-                                ErrorCode::FLOW_CONTROL_ERROR,
-                                "stream window overflow",
-                            );
+                            return self.conn_error(ErrorCode::FLOW_CONTROL_ERROR, "stream window overflow");
                         }
                     }
                 }
                 setting::MAX_FRAME_SIZE => {
                     if !(frame::FRAME_SIZE_DEFAULT..=frame::FRAME_SIZE_LIMIT_MAX).contains(&value) {
-                        return self
-                            .conn_error(ErrorCode::PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range");
+                        return self.conn_error(ErrorCode::PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range");
                     }
                     self.peer_frame_max = value;
                 }
@@ -825,10 +762,7 @@ impl Connection {
 
     fn on_window_update(&mut self, hdr: FrameHeader, payload: &[u8], h: &mut impl Handler) -> Flow {
         let Some(raw) = frame::read_u32(payload, 0).filter(|_| payload.len() == 4) else {
-            return self.conn_error(
-                ErrorCode::FRAME_SIZE_ERROR,
-                "WINDOW_UPDATE length must be 4",
-            );
+            return self.conn_error(ErrorCode::FRAME_SIZE_ERROR, "WINDOW_UPDATE length must be 4");
         };
         let inc = (raw & 0x7fff_ffff) as i64;
         let id = hdr.stream_id;
@@ -838,8 +772,7 @@ impl Connection {
             }
             self.send_window += inc;
             if self.send_window > frame::WINDOW_SIZE_MAX {
-                return self
-                    .conn_error(ErrorCode::FLOW_CONTROL_ERROR, "connection window overflow");
+                return self.conn_error(ErrorCode::FLOW_CONTROL_ERROR, "connection window overflow");
             }
             self.flush_blocked();
             return Flow::Continue;
@@ -869,13 +802,9 @@ impl Connection {
         self.scratch.clear();
         self.encoder.begin_block(&mut self.scratch);
         for &(name, value) in fields {
-            let indexing = if value.len() > INDEXED_VALUE_BYTES_MAX {
-                Indexing::Without
-            } else {
-                Indexing::Incremental
-            };
-            self.encoder
-                .encode_field(name, value, indexing, &mut self.scratch);
+            let indexing =
+                if value.len() > INDEXED_VALUE_BYTES_MAX { Indexing::Without } else { Indexing::Incremental };
+            self.encoder.encode_field(name, value, indexing, &mut self.scratch);
         }
     }
 
@@ -956,12 +885,7 @@ impl Connection {
         }
         s.send_closed = true;
         if s.queued {
-            s.pending_trailers = Some(
-                fields
-                    .iter()
-                    .map(|&(n, v)| (Box::from(n), Box::from(v)))
-                    .collect(),
-            );
+            s.pending_trailers = Some(fields.iter().map(|&(n, v)| (Box::from(n), Box::from(v))).collect());
             return;
         }
         self.encode_block(fields);
@@ -998,8 +922,7 @@ impl Connection {
             s.queued = false;
             s.pending = Vec::new();
             if let Some(trailers) = s.pending_trailers.take() {
-                let fields: Vec<(&[u8], &[u8])> =
-                    trailers.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+                let fields: Vec<(&[u8], &[u8])> = trailers.iter().map(|(n, v)| (&n[..], &v[..])).collect();
                 self.encode_block(&fields);
                 self.write_block(id, true);
             }
@@ -1057,16 +980,12 @@ fn check_field(c: &mut Check, headers: &mut HeaderList, name: &[u8], value: &[u8
         }
     } else {
         c.regular_seen = true;
-        if name
-            .iter()
-            .any(|&b| b <= 0x20 || b.is_ascii_uppercase() || b >= 0x7f || b == b':')
-        {
+        if name.iter().any(|&b| b <= 0x20 || b.is_ascii_uppercase() || b >= 0x7f || b == b':') {
             c.malformed = true;
             return;
         }
         match name {
-            b"connection" | b"proxy-connection" | b"keep-alive" | b"transfer-encoding"
-            | b"upgrade" => {
+            b"connection" | b"proxy-connection" | b"keep-alive" | b"transfer-encoding" | b"upgrade" => {
                 c.malformed = true;
                 return;
             }
@@ -1075,9 +994,7 @@ fn check_field(c: &mut Check, headers: &mut HeaderList, name: &[u8], value: &[u8
                 return;
             }
             b"content-length" => {
-                let parsed = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok());
+                let parsed = std::str::from_utf8(value).ok().and_then(|s| s.parse::<u64>().ok());
                 match (parsed, c.content_length) {
                     (Some(v), None) => c.content_length = Some(v),
                     (Some(v), Some(old)) if v == old => {}
@@ -1098,4 +1015,55 @@ fn check_field(c: &mut Check, headers: &mut HeaderList, name: &[u8], value: &[u8
         }
     }
     headers.push(name, value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+    #[derive(Default)]
+    struct Opened(Vec<(u32, Fields)>);
+
+    impl Handler for Opened {
+        fn on_headers(&mut self, id: u32, headers: &HeaderList, _end_stream: bool) {
+            let fields = headers.iter().map(|(n, v)| (n.to_vec(), v.to_vec()));
+            self.0.push((id, fields.collect()));
+        }
+        fn on_data(&mut self, _: u32, _: &[u8], _: bool) {}
+        fn on_reset(&mut self, _: u32, _: ErrorCode) {}
+    }
+
+    /// Found by the `h2_frames`/`grpc_messages` fuzz targets: trailers the client had in flight
+    /// when we ended the stream early (response sent, RST_STREAM(NO_ERROR)) closed the whole
+    /// connection with STREAM_CLOSED instead of being ignored.
+    #[test]
+    fn trailers_after_our_early_response_are_ignored_but_decoded() {
+        let mut conn = Connection::new(Config::default());
+        let mut h = Opened::default();
+        let mut enc = hpack::Encoder::new();
+        let req: &[(&[u8], &[u8])] = &[(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/svc.S/M")];
+        let mut input = PREFACE.to_vec();
+        let mut block = Vec::new();
+        enc.encode(req.iter().copied(), &mut block);
+        frame::write_header_block(&mut input, 1, &block, false, 16_384);
+        assert_eq!(conn.recv(&input, &mut h), input.len());
+        conn.send_headers(1, &[(b":status", b"200"), (b"grpc-status", b"8")], true);
+
+        // The client's trailers add an entry to the HPACK table; the next request uses it.
+        let mut input = Vec::new();
+        block.clear();
+        enc.encode([(&b"x-trailer"[..], &b"late"[..])], &mut block);
+        frame::write_header_block(&mut input, 1, &block, true, 16_384);
+        block.clear();
+        enc.encode(req.iter().copied().chain([(&b"x-trailer"[..], &b"late"[..])]), &mut block);
+        assert_eq!(block.last(), Some(&0xbe), "indexed from the dynamic table");
+        frame::write_header_block(&mut input, 3, &block, true, 16_384);
+        assert_eq!(conn.recv(&input, &mut h), input.len());
+        assert!(!conn.is_closed());
+        let (id, fields) = h.0.last().unwrap();
+        assert_eq!(*id, 3);
+        assert_eq!(fields.last().unwrap(), &(b"x-trailer".to_vec(), b"late".to_vec()));
+    }
 }

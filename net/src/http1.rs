@@ -29,11 +29,7 @@ pub enum Error {
 /// Parses one request head. `Ok(None)` means more bytes are needed.
 pub fn parse_request(buf: &[u8]) -> Result<Option<Request<'_>>, Error> {
     let Some(end) = find_head_end(buf) else {
-        return if buf.len() > REQUEST_HEAD_BYTES_MAX {
-            Err(Error::TooLarge)
-        } else {
-            Ok(None)
-        };
+        return if buf.len() > REQUEST_HEAD_BYTES_MAX { Err(Error::TooLarge) } else { Ok(None) };
     };
     if end > REQUEST_HEAD_BYTES_MAX {
         return Err(Error::TooLarge);
@@ -42,15 +38,11 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request<'_>>, Error> {
     let mut lines = head.split("\r\n");
     let line = lines.next().ok_or(Error::BadRequest)?;
     let mut parts = line.split(' ');
-    let (Some(method), Some(path), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(path), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(Error::BadRequest);
     };
-    if method.is_empty()
-        || !method.bytes().all(|b| b.is_ascii_uppercase())
-        || !path.starts_with('/')
-    {
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) || !path.starts_with('/') {
         return Err(Error::BadRequest);
     }
     let mut close = match version {
@@ -78,13 +70,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request<'_>>, Error> {
             }
         }
     }
-    Ok(Some(Request {
-        method,
-        path,
-        head_len: end + 4,
-        body_len,
-        close,
-    }))
+    Ok(Some(Request { method, path, head_len: end + 4, body_len, close }))
 }
 
 fn find_head_end(buf: &[u8]) -> Option<usize> {
@@ -106,13 +92,7 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// Appends a complete response.
-pub fn write_response(
-    dst: &mut Vec<u8>,
-    status: u16,
-    content_type: &str,
-    body: &[u8],
-    close: bool,
-) {
+pub fn write_response(dst: &mut Vec<u8>, status: u16, content_type: &str, body: &[u8], close: bool) {
     use std::io::Write;
     let _ = write!(
         dst,
@@ -130,51 +110,26 @@ mod tests {
 
     #[test]
     fn parses_a_get() {
-        let r = parse_request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nrest")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (r.method, r.path, r.body_len, r.close),
-            ("GET", "/health", 0, false)
-        );
+        let r = parse_request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nrest").unwrap().unwrap();
+        assert_eq!((r.method, r.path, r.body_len, r.close), ("GET", "/health", 0, false));
         assert_eq!(r.head_len, 33);
     }
 
     #[test]
     fn incomplete_bad_and_large() {
         assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost"), Ok(None));
-        assert_eq!(
-            parse_request(b"get / HTTP/1.1\r\n\r\n"),
-            Err(Error::BadRequest)
-        );
-        assert_eq!(
-            parse_request(b"GET / HTTP/2\r\n\r\n"),
-            Err(Error::BadRequest)
-        );
-        assert_eq!(
-            parse_request(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
-            Err(Error::BadRequest)
-        );
-        assert_eq!(
-            parse_request(&vec![b'a'; REQUEST_HEAD_BYTES_MAX + 1]),
-            Err(Error::TooLarge)
-        );
-        let r = parse_request(b"POST /x HTTP/1.0\r\ncontent-length: 3\r\n\r\nabc")
-            .unwrap()
-            .unwrap();
+        assert_eq!(parse_request(b"get / HTTP/1.1\r\n\r\n"), Err(Error::BadRequest));
+        assert_eq!(parse_request(b"GET / HTTP/2\r\n\r\n"), Err(Error::BadRequest));
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n"), Err(Error::BadRequest));
+        assert_eq!(parse_request(&vec![b'a'; REQUEST_HEAD_BYTES_MAX + 1]), Err(Error::TooLarge));
+        let r = parse_request(b"POST /x HTTP/1.0\r\ncontent-length: 3\r\n\r\nabc").unwrap().unwrap();
         assert_eq!((r.body_len, r.close), (3, true));
     }
 
     #[test]
     fn response_format() {
         let mut b = Vec::new();
-        write_response(
-            &mut b,
-            404,
-            "text/plain; charset=utf-8",
-            b"404 page not found\n",
-            true,
-        );
+        write_response(&mut b, 404, "text/plain; charset=utf-8", b"404 page not found\n", true);
         let s = String::from_utf8(b).unwrap();
         assert!(s.starts_with("HTTP/1.1 404 Not Found\r\n"));
         assert!(s.contains("Content-Length: 19\r\n"));

@@ -38,11 +38,7 @@ pub fn sniff(first: &[u8]) -> Option<Protocol> {
         (Some(m), Some(_), Some(b"HTTP/1.1" | b"HTTP/1.0"), None)
             if !m.is_empty() && m.iter().all(u8::is_ascii_uppercase)
     );
-    Some(if http1 {
-        Protocol::Http1
-    } else {
-        Protocol::Http2
-    })
+    Some(if http1 { Protocol::Http1 } else { Protocol::Http2 })
 }
 
 #[cfg(test)]
@@ -54,15 +50,9 @@ mod tests {
         assert_eq!(sniff(b""), None);
         assert_eq!(sniff(b"PRI * HTTP/2.0"), None);
         assert_eq!(sniff(frame::PREFACE), Some(Protocol::Http2));
-        assert_eq!(
-            sniff(b"GET /health HTTP/1.1\r\nHost: x\r\n"),
-            Some(Protocol::Http1)
-        );
+        assert_eq!(sniff(b"GET /health HTTP/1.1\r\nHost: x\r\n"), Some(Protocol::Http1));
         assert_eq!(sniff(b"GET /health HT"), None);
-        assert_eq!(
-            sniff(b"INVALID CONNECTION PREFACE\r\n\r\n"),
-            Some(Protocol::Http2)
-        );
+        assert_eq!(sniff(b"INVALID CONNECTION PREFACE\r\n\r\n"), Some(Protocol::Http2));
         assert_eq!(sniff(&[b'x'; SNIFF_BYTES_MAX + 1]), Some(Protocol::Http2));
     }
 }

@@ -28,12 +28,7 @@ struct Svc {
 
 impl Service for Svc {
     fn on_call(&mut self, id: u32, call: &CallHead<'_>) -> Result<(), Status> {
-        self.ev.push(Ev::Call(
-            id,
-            call.service.into(),
-            call.method.into(),
-            call.timeout,
-        ));
+        self.ev.push(Ev::Call(id, call.service.into(), call.method.into(), call.timeout));
         match &self.reject {
             Some(s) => Err(s.clone()),
             None => Ok(()),
@@ -53,11 +48,7 @@ impl Service for Svc {
         self.ev.push(Ev::Cancel(id));
     }
     fn on_http(&mut self, _method: &[u8], path: &[u8]) -> Option<HttpResponse> {
-        (path == b"/ok").then(|| HttpResponse {
-            status: 200,
-            content_type: "text/plain",
-            body: b"fine".to_vec(),
-        })
+        (path == b"/ok").then(|| HttpResponse { status: 200, content_type: "text/plain", body: b"fine".to_vec() })
     }
 }
 
@@ -80,11 +71,7 @@ struct Resp {
 
 impl Resp {
     fn get(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .flatten()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
+        self.headers.iter().flatten().find(|(n, _)| n == name).map(|(_, v)| v.clone())
     }
 }
 
@@ -111,12 +98,7 @@ impl Client {
         let mut block = Vec::new();
         self.enc.begin_block(&mut block);
         for (n, v) in fields {
-            self.enc.encode_field(
-                n.as_bytes(),
-                v.as_bytes(),
-                hpack::Indexing::Incremental,
-                &mut block,
-            );
+            self.enc.encode_field(n.as_bytes(), v.as_bytes(), hpack::Indexing::Incremental, &mut block);
         }
         let mut b = Vec::new();
         frame::write_header(
@@ -131,25 +113,15 @@ impl Client {
     }
 
     fn call(&mut self, id: u32, path: &str, extra: &[(&str, &str)]) {
-        let mut f = vec![
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", path),
-            ("content-type", "application/grpc"),
-        ];
+        let mut f =
+            vec![(":method", "POST"), (":scheme", "http"), (":path", path), ("content-type", "application/grpc")];
         f.extend_from_slice(extra);
         self.headers(id, &f, false);
     }
 
     fn data(&mut self, id: u32, d: &[u8], end: bool) {
         let mut b = Vec::new();
-        frame::write_header(
-            &mut b,
-            d.len(),
-            kind::DATA,
-            if end { flag::END_STREAM } else { 0 },
-            id,
-        );
+        frame::write_header(&mut b, d.len(), kind::DATA, if end { flag::END_STREAM } else { 0 }, id);
         b.extend_from_slice(d);
         self.feed(&b);
     }
@@ -170,10 +142,7 @@ impl Client {
                     let mut f = Vec::new();
                     self.dec
                         .decode(p, |n, v| {
-                            f.push((
-                                String::from_utf8_lossy(n).into(),
-                                String::from_utf8_lossy(v).into(),
-                            ))
+                            f.push((String::from_utf8_lossy(n).into(), String::from_utf8_lossy(v).into()))
                         })
                         .unwrap();
                     r.headers.push(f);
@@ -211,12 +180,7 @@ fn unary_call_round_trip_in_one_write() {
     assert_eq!(
         c.svc.ev,
         [
-            Ev::Call(
-                1,
-                "pkg.Svc".into(),
-                "Do".into(),
-                Some(Duration::from_millis(250))
-            ),
+            Ev::Call(1, "pkg.Svc".into(), "Do".into(), Some(Duration::from_millis(250))),
             Ev::Msg(1, b"ping".to_vec()),
             Ev::HalfClose(1)
         ]
@@ -246,18 +210,8 @@ fn messages_are_reassembled_across_any_split() {
             c.data(1, chunk, false);
         }
         c.data(1, b"", true);
-        let msgs: Vec<Vec<u8>> = c
-            .svc
-            .ev
-            .iter()
-            .filter_map(|e| {
-                if let Ev::Msg(_, m) = e {
-                    Some(m.clone())
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let msgs: Vec<Vec<u8>> =
+            c.svc.ev.iter().filter_map(|e| if let Ev::Msg(_, m) = e { Some(m.clone()) } else { None }).collect();
         assert_eq!(msgs, [vec![7u8; 300], vec![], b"xyz".to_vec()], "cut {cut}");
         assert_eq!(c.svc.ev.last(), Some(&Ev::HalfClose(1)));
     }
@@ -273,18 +227,13 @@ fn streaming_responses_then_trailers() {
     let r = c.read().remove(&1).unwrap();
     assert_eq!(r.data, [msg(b"one"), msg(b"two")].concat());
     assert!(!r.ended);
-    c.conn
-        .finish(1, &Status::new(Code::UNAVAILABLE, "50% gone\n"));
+    c.conn.finish(1, &Status::new(Code::UNAVAILABLE, "50% gone\n"));
     let r = c.read().remove(&1).unwrap();
     assert_eq!(r.get("grpc-status").as_deref(), Some("14"));
     assert_eq!(r.get("grpc-message").as_deref(), Some("50%25 gone%0A"));
     assert_eq!(grpc::percent_decode(b"50%25 gone%0A"), "50% gone\n");
     assert!(r.ended);
-    assert_eq!(
-        r.rst,
-        Some(0),
-        "the client had not finished: RST_STREAM(NO_ERROR) follows the trailers"
-    );
+    assert_eq!(r.rst, Some(0), "the client had not finished: RST_STREAM(NO_ERROR) follows the trailers");
 }
 
 #[test]
@@ -297,25 +246,13 @@ fn rejected_call_is_trailers_only() {
     assert!(r.ended);
     assert_eq!(r.get(":status").as_deref(), Some("200"));
     assert_eq!(r.get("grpc-status").as_deref(), Some("12"));
-    assert_eq!(
-        r.get("grpc-message").as_deref(),
-        Some("unknown service foo.Bar")
-    );
-    assert_eq!(
-        Status::unknown_method("a.B", "C").message,
-        "unknown method C for service a.B"
-    );
+    assert_eq!(r.get("grpc-message").as_deref(), Some("unknown service foo.Bar"));
+    assert_eq!(Status::unknown_method("a.B", "C").message, "unknown method C for service a.B");
 }
 
 #[test]
 fn protocol_failures_answered_like_grpc_go() {
-    type Case = (
-        &'static str,
-        fn(&mut Client),
-        &'static str,
-        &'static str,
-        &'static str,
-    );
+    type Case = (&'static str, fn(&mut Client), &'static str, &'static str, &'static str);
     let cases: &[Case] = &[
         (
             "json content type",
@@ -342,13 +279,7 @@ fn protocol_failures_answered_like_grpc_go() {
             "13",
             "malformed grpc-timeout: \"1x\"",
         ),
-        (
-            "malformed path",
-            |c| c.call(1, "/nomethod", &[]),
-            "200",
-            "12",
-            "malformed method name: \"/nomethod\"",
-        ),
+        ("malformed path", |c| c.call(1, "/nomethod", &[]), "200", "12", "malformed method name: \"/nomethod\""),
         (
             "compressed without encoding",
             |c| {
@@ -423,39 +354,22 @@ fn protocol_failures_answered_like_grpc_go() {
         assert!(!c.conn.is_open(1), "{name}");
         // A call the service had accepted is cancelled on its side.
         let accepted = c.svc.ev.iter().any(|e| matches!(e, Ev::Call(1, ..)));
-        assert_eq!(
-            accepted,
-            c.svc.ev.contains(&Ev::Cancel(1)),
-            "{name}: {:?}",
-            c.svc.ev
-        );
+        assert_eq!(accepted, c.svc.ev.contains(&Ev::Cancel(1)), "{name}: {:?}", c.svc.ev);
         // Late data on the finished call is ignored.
         c.data(1, &msg(b"late"), true);
-        assert!(
-            !c.svc
-                .ev
-                .iter()
-                .any(|e| matches!(e, Ev::Msg(_, m) if m == b"late")),
-            "{name}"
-        );
+        assert!(!c.svc.ev.iter().any(|e| matches!(e, Ev::Msg(_, m) if m == b"late")), "{name}");
     }
 }
 
 #[test]
 fn limit_follows_config_and_is_checked_before_buffering() {
-    let mut c = Client::new(grpc::Config {
-        recv_message_bytes_max: 10,
-        ..Default::default()
-    });
+    let mut c = Client::new(grpc::Config { recv_message_bytes_max: 10, ..Default::default() });
     c.call(1, "/a.B/C", &[]);
     c.data(1, &msg(&[0; 10]), false);
     assert!(matches!(c.svc.ev.last(), Some(Ev::Msg(1, m)) if m.len() == 10));
     c.data(1, &[0, 0, 0, 0, 11], false);
     let r = c.read().remove(&1).unwrap();
-    assert_eq!(
-        r.get("grpc-message").as_deref(),
-        Some("grpc: received message larger than max (11 vs. 10)")
-    );
+    assert_eq!(r.get("grpc-message").as_deref(), Some("grpc: received message larger than max (11 vs. 10)"));
 }
 
 #[test]
@@ -483,31 +397,19 @@ fn server_cancel_resets_the_stream() {
 #[test]
 fn plain_http_requests() {
     let mut c = client();
-    c.headers(
-        1,
-        &[(":method", "GET"), (":scheme", "http"), (":path", "/ok")],
-        true,
-    );
+    c.headers(1, &[(":method", "GET"), (":scheme", "http"), (":path", "/ok")], true);
     let r = c.read().remove(&1).unwrap();
     assert_eq!(r.get(":status").as_deref(), Some("200"));
     assert_eq!(r.get("content-length").as_deref(), Some("4"));
     assert_eq!(r.data, b"fine");
     assert!(r.ended);
     // A body is read to its end before the answer.
-    c.headers(
-        3,
-        &[(":method", "POST"), (":scheme", "http"), (":path", "/ok")],
-        false,
-    );
+    c.headers(3, &[(":method", "POST"), (":scheme", "http"), (":path", "/ok")], false);
     assert!(c.read().is_empty());
     c.data(3, b"ignored", true);
     assert_eq!(c.read().remove(&3).unwrap().data, b"fine");
     // Unknown paths get grpc-go's 415 at once.
-    c.headers(
-        5,
-        &[(":method", "GET"), (":scheme", "http"), (":path", "/nope")],
-        false,
-    );
+    c.headers(5, &[(":method", "GET"), (":scheme", "http"), (":path", "/nope")], false);
     let r = c.read().remove(&5).unwrap();
     assert_eq!(r.get(":status").as_deref(), Some("415"));
     assert_eq!(r.rst, Some(0));
@@ -518,19 +420,8 @@ fn empty_request_stream() {
     let mut c = client();
     c.headers(
         1,
-        &[
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", "/a.B/C"),
-            ("content-type", "application/grpc+proto"),
-        ],
+        &[(":method", "POST"), (":scheme", "http"), (":path", "/a.B/C"), ("content-type", "application/grpc+proto")],
         true,
     );
-    assert_eq!(
-        c.svc.ev,
-        [
-            Ev::Call(1, "a.B".into(), "C".into(), None),
-            Ev::HalfClose(1)
-        ]
-    );
+    assert_eq!(c.svc.ev, [Ev::Call(1, "a.B".into(), "C".into(), None), Ev::HalfClose(1)]);
 }

@@ -21,15 +21,7 @@ struct Rec(Vec<Ev>);
 
 impl Handler for Rec {
     fn on_headers(&mut self, id: u32, h: &HeaderList, end: bool) {
-        let v = h
-            .iter()
-            .map(|(n, v)| {
-                (
-                    String::from_utf8_lossy(n).into(),
-                    String::from_utf8_lossy(v).into(),
-                )
-            })
-            .collect();
+        let v = h.iter().map(|(n, v)| (String::from_utf8_lossy(n).into(), String::from_utf8_lossy(v).into())).collect();
         self.0.push(Ev::Headers(id, v, end));
     }
     fn on_data(&mut self, id: u32, d: &[u8], end: bool) {
@@ -69,14 +61,8 @@ impl Peer {
         frame::write_settings(&mut b, &[]);
         p.feed(&b);
         let frames = p.frames();
-        assert_eq!(
-            frames[0].hdr.kind,
-            kind::SETTINGS,
-            "server speaks first with SETTINGS"
-        );
-        assert!(frames
-            .iter()
-            .any(|f| f.hdr.kind == kind::SETTINGS && f.hdr.has(flag::ACK)));
+        assert_eq!(frames[0].hdr.kind, kind::SETTINGS, "server speaks first with SETTINGS");
+        assert!(frames.iter().any(|f| f.hdr.kind == kind::SETTINGS && f.hdr.has(flag::ACK)));
         p
     }
 
@@ -97,10 +83,7 @@ impl Peer {
             if self.unparsed.len() < end {
                 break;
             }
-            frames.push(Frame {
-                hdr,
-                payload: self.unparsed[pos + 9..end].to_vec(),
-            });
+            frames.push(Frame { hdr, payload: self.unparsed[pos + 9..end].to_vec() });
             pos = end;
         }
         self.unparsed.drain(..pos);
@@ -111,12 +94,7 @@ impl Peer {
         let mut b = Vec::new();
         self.enc.begin_block(&mut b);
         for (n, v) in fields {
-            self.enc.encode_field(
-                n.as_bytes(),
-                v.as_bytes(),
-                hpack::Indexing::Incremental,
-                &mut b,
-            );
+            self.enc.encode_field(n.as_bytes(), v.as_bytes(), hpack::Indexing::Incremental, &mut b);
         }
         b
     }
@@ -143,13 +121,7 @@ impl Peer {
 
     fn data(&mut self, id: u32, d: &[u8], end: bool) {
         let mut b = Vec::new();
-        frame::write_header(
-            &mut b,
-            d.len(),
-            kind::DATA,
-            if end { flag::END_STREAM } else { 0 },
-            id,
-        );
+        frame::write_header(&mut b, d.len(), kind::DATA, if end { flag::END_STREAM } else { 0 }, id);
         b.extend_from_slice(d);
         self.feed(&b);
     }
@@ -185,10 +157,7 @@ impl Peer {
         let mut v = Vec::new();
         self.dec
             .decode(block, |n, val| {
-                v.push((
-                    String::from_utf8_lossy(n).into_owned(),
-                    String::from_utf8_lossy(val).into_owned(),
-                ))
+                v.push((String::from_utf8_lossy(n).into_owned(), String::from_utf8_lossy(val).into_owned()))
             })
             .unwrap();
         v
@@ -214,9 +183,7 @@ fn request_and_response_round_trip() {
     let mut p = peer();
     p.request(1, false);
     p.data(1, b"hello", true);
-    assert!(
-        matches!(&p.rec.0[0], Ev::Headers(1, f, false) if f.iter().any(|(n, v)| n == ":path" && v == "/a.B/C"))
-    );
+    assert!(matches!(&p.rec.0[0], Ev::Headers(1, f, false) if f.iter().any(|(n, v)| n == ":path" && v == "/a.B/C")));
     assert_eq!(p.rec.0[1], Ev::Data(1, b"hello".to_vec(), true));
     p.conn.send_headers(1, &[(b":status", b"200")], false);
     p.conn.send_data(1, b"world", false);
@@ -246,71 +213,19 @@ fn ping_is_acked_with_the_same_payload() {
 fn connection_errors() {
     type Case = (&'static str, fn(&mut Peer), ErrorCode);
     let cases: &[Case] = &[
-        (
-            "ping on a stream",
-            |p| p.raw(8, kind::PING, 0, 1, b"12345678"),
-            ErrorCode::PROTOCOL_ERROR,
-        ),
-        (
-            "short ping",
-            |p| p.raw(7, kind::PING, 0, 0, b"1234567"),
-            ErrorCode::FRAME_SIZE_ERROR,
-        ),
-        (
-            "settings on a stream",
-            |p| p.raw(0, kind::SETTINGS, 0, 1, b""),
-            ErrorCode::PROTOCOL_ERROR,
-        ),
-        (
-            "settings ack with payload",
-            |p| p.raw(6, kind::SETTINGS, flag::ACK, 0, &[0; 6]),
-            ErrorCode::FRAME_SIZE_ERROR,
-        ),
-        (
-            "settings length",
-            |p| p.raw(5, kind::SETTINGS, 0, 0, &[0; 5]),
-            ErrorCode::FRAME_SIZE_ERROR,
-        ),
-        (
-            "enable push 2",
-            |p| p.settings(&[(2, 2)]),
-            ErrorCode::PROTOCOL_ERROR,
-        ),
-        (
-            "window too large",
-            |p| p.settings(&[(4, 1 << 31)]),
-            ErrorCode::FLOW_CONTROL_ERROR,
-        ),
-        (
-            "frame size too small",
-            |p| p.settings(&[(5, 16_383)]),
-            ErrorCode::PROTOCOL_ERROR,
-        ),
-        (
-            "frame size too large",
-            |p| p.settings(&[(5, 1 << 24)]),
-            ErrorCode::PROTOCOL_ERROR,
-        ),
-        (
-            "data on stream 0",
-            |p| p.data(0, b"x", false),
-            ErrorCode::PROTOCOL_ERROR,
-        ),
-        (
-            "data on idle stream",
-            |p| p.data(1, b"x", false),
-            ErrorCode::PROTOCOL_ERROR,
-        ),
-        (
-            "headers on stream 0",
-            |p| p.headers(0, &req_fields(), flag::END_HEADERS),
-            ErrorCode::PROTOCOL_ERROR,
-        ),
-        (
-            "even stream id",
-            |p| p.headers(2, &req_fields(), flag::END_HEADERS),
-            ErrorCode::PROTOCOL_ERROR,
-        ),
+        ("ping on a stream", |p| p.raw(8, kind::PING, 0, 1, b"12345678"), ErrorCode::PROTOCOL_ERROR),
+        ("short ping", |p| p.raw(7, kind::PING, 0, 0, b"1234567"), ErrorCode::FRAME_SIZE_ERROR),
+        ("settings on a stream", |p| p.raw(0, kind::SETTINGS, 0, 1, b""), ErrorCode::PROTOCOL_ERROR),
+        ("settings ack with payload", |p| p.raw(6, kind::SETTINGS, flag::ACK, 0, &[0; 6]), ErrorCode::FRAME_SIZE_ERROR),
+        ("settings length", |p| p.raw(5, kind::SETTINGS, 0, 0, &[0; 5]), ErrorCode::FRAME_SIZE_ERROR),
+        ("enable push 2", |p| p.settings(&[(2, 2)]), ErrorCode::PROTOCOL_ERROR),
+        ("window too large", |p| p.settings(&[(4, 1 << 31)]), ErrorCode::FLOW_CONTROL_ERROR),
+        ("frame size too small", |p| p.settings(&[(5, 16_383)]), ErrorCode::PROTOCOL_ERROR),
+        ("frame size too large", |p| p.settings(&[(5, 1 << 24)]), ErrorCode::PROTOCOL_ERROR),
+        ("data on stream 0", |p| p.data(0, b"x", false), ErrorCode::PROTOCOL_ERROR),
+        ("data on idle stream", |p| p.data(1, b"x", false), ErrorCode::PROTOCOL_ERROR),
+        ("headers on stream 0", |p| p.headers(0, &req_fields(), flag::END_HEADERS), ErrorCode::PROTOCOL_ERROR),
+        ("even stream id", |p| p.headers(2, &req_fields(), flag::END_HEADERS), ErrorCode::PROTOCOL_ERROR),
         (
             "decreasing stream id",
             |p| {
@@ -319,16 +234,8 @@ fn connection_errors() {
             },
             ErrorCode::PROTOCOL_ERROR,
         ),
-        (
-            "rst on stream 0",
-            |p| p.raw(4, kind::RST_STREAM, 0, 0, &[0; 4]),
-            ErrorCode::PROTOCOL_ERROR,
-        ),
-        (
-            "rst on idle stream",
-            |p| p.raw(4, kind::RST_STREAM, 0, 1, &[0, 0, 0, 8]),
-            ErrorCode::PROTOCOL_ERROR,
-        ),
+        ("rst on stream 0", |p| p.raw(4, kind::RST_STREAM, 0, 0, &[0; 4]), ErrorCode::PROTOCOL_ERROR),
+        ("rst on idle stream", |p| p.raw(4, kind::RST_STREAM, 0, 1, &[0, 0, 0, 8]), ErrorCode::PROTOCOL_ERROR),
         (
             "rst length",
             |p| {
@@ -337,31 +244,11 @@ fn connection_errors() {
             },
             ErrorCode::FRAME_SIZE_ERROR,
         ),
-        (
-            "window update 0 on connection",
-            |p| p.window_update(0, 0),
-            ErrorCode::PROTOCOL_ERROR,
-        ),
-        (
-            "window update overflow",
-            |p| p.window_update(0, (1 << 31) - 1),
-            ErrorCode::FLOW_CONTROL_ERROR,
-        ),
-        (
-            "window update on idle stream",
-            |p| p.window_update(1, 1),
-            ErrorCode::PROTOCOL_ERROR,
-        ),
-        (
-            "window update length",
-            |p| p.raw(3, kind::WINDOW_UPDATE, 0, 0, &[0; 3]),
-            ErrorCode::FRAME_SIZE_ERROR,
-        ),
-        (
-            "goaway on a stream",
-            |p| p.raw(8, kind::GOAWAY, 0, 1, &[0; 8]),
-            ErrorCode::PROTOCOL_ERROR,
-        ),
+        ("window update 0 on connection", |p| p.window_update(0, 0), ErrorCode::PROTOCOL_ERROR),
+        ("window update overflow", |p| p.window_update(0, (1 << 31) - 1), ErrorCode::FLOW_CONTROL_ERROR),
+        ("window update on idle stream", |p| p.window_update(1, 1), ErrorCode::PROTOCOL_ERROR),
+        ("window update length", |p| p.raw(3, kind::WINDOW_UPDATE, 0, 0, &[0; 3]), ErrorCode::FRAME_SIZE_ERROR),
+        ("goaway on a stream", |p| p.raw(8, kind::GOAWAY, 0, 1, &[0; 8]), ErrorCode::PROTOCOL_ERROR),
         (
             "push promise",
             |p| p.raw(4, kind::PUSH_PROMISE, flag::END_HEADERS, 1, &[0, 0, 0, 2]),
@@ -372,35 +259,15 @@ fn connection_errors() {
             |p| p.raw(0, kind::CONTINUATION, flag::END_HEADERS, 1, b""),
             ErrorCode::PROTOCOL_ERROR,
         ),
-        (
-            "frame over max size",
-            |p| p.raw(16_385, kind::DATA, 0, 1, &[0; 16_385]),
-            ErrorCode::FRAME_SIZE_ERROR,
-        ),
+        ("frame over max size", |p| p.raw(16_385, kind::DATA, 0, 1, &[0; 16_385]), ErrorCode::FRAME_SIZE_ERROR),
         (
             "bad hpack",
-            |p| {
-                p.raw(
-                    1,
-                    kind::HEADERS,
-                    flag::END_HEADERS | flag::END_STREAM,
-                    1,
-                    b"\x40",
-                )
-            },
+            |p| p.raw(1, kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 1, b"\x40"),
             ErrorCode::COMPRESSION_ERROR,
         ),
         (
             "padding too long",
-            |p| {
-                p.raw(
-                    2,
-                    kind::HEADERS,
-                    flag::END_HEADERS | flag::PADDED,
-                    1,
-                    &[5, 0],
-                )
-            },
+            |p| p.raw(2, kind::HEADERS, flag::END_HEADERS | flag::PADDED, 1, &[5, 0]),
             ErrorCode::PROTOCOL_ERROR,
         ),
         (
@@ -446,107 +313,37 @@ fn connection_errors() {
 #[test]
 fn malformed_requests_are_stream_errors() {
     let bad: &[&[(&str, &str)]] = &[
-        &[
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", "/"),
-            ("Upper", "x"),
-        ],
-        &[
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", "/"),
-            ("bad name", "x"),
-        ],
-        &[
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", "/"),
-            ("x", " leading"),
-        ],
-        &[
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", "/"),
-            ("x", "a\rb"),
-        ],
-        &[
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", "/"),
-            ("connection", "close"),
-        ],
-        &[
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", "/"),
-            ("te", "gzip"),
-        ],
-        &[
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", "/"),
-            (":status", "200"),
-        ],
-        &[
-            (":method", "POST"),
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", "/"),
-        ],
+        &[(":method", "POST"), (":scheme", "http"), (":path", "/"), ("Upper", "x")],
+        &[(":method", "POST"), (":scheme", "http"), (":path", "/"), ("bad name", "x")],
+        &[(":method", "POST"), (":scheme", "http"), (":path", "/"), ("x", " leading")],
+        &[(":method", "POST"), (":scheme", "http"), (":path", "/"), ("x", "a\rb")],
+        &[(":method", "POST"), (":scheme", "http"), (":path", "/"), ("connection", "close")],
+        &[(":method", "POST"), (":scheme", "http"), (":path", "/"), ("te", "gzip")],
+        &[(":method", "POST"), (":scheme", "http"), (":path", "/"), (":status", "200")],
+        &[(":method", "POST"), (":method", "POST"), (":scheme", "http"), (":path", "/")],
         &[(":method", "POST"), (":scheme", "http"), (":path", "")],
         &[(":scheme", "http"), (":path", "/")],
         &[(":method", "POST"), (":path", "/")],
         &[(":method", "POST"), (":scheme", "http")],
-        &[
-            (":method", "POST"),
-            ("x", "y"),
-            (":scheme", "http"),
-            (":path", "/"),
-        ],
-        &[
-            (":method", "CONNECT"),
-            (":authority", "a:1"),
-            (":scheme", "http"),
-        ],
+        &[(":method", "POST"), ("x", "y"), (":scheme", "http"), (":path", "/")],
+        &[(":method", "CONNECT"), (":authority", "a:1"), (":scheme", "http")],
         &[(":method", "CONNECT")],
-        &[
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", "/"),
-            (":authority", "a"),
-            ("host", "b"),
-        ],
-        &[
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", "/"),
-            ("content-length", "x"),
-        ],
+        &[(":method", "POST"), (":scheme", "http"), (":path", "/"), (":authority", "a"), ("host", "b")],
+        &[(":method", "POST"), (":scheme", "http"), (":path", "/"), ("content-length", "x")],
     ];
     for fields in bad {
         let mut p = peer();
         p.headers(1, fields, flag::END_HEADERS | flag::END_STREAM);
         assert_eq!(p.rst_code(1), Some(ErrorCode::PROTOCOL_ERROR), "{fields:?}");
-        assert!(
-            p.rec.0.is_empty(),
-            "{fields:?} must not reach the application"
-        );
+        assert!(p.rec.0.is_empty(), "{fields:?} must not reach the application");
         assert!(!p.conn.is_closed());
         // The connection (and its HPACK state) is intact: the next request is served.
         p.request(3, true);
-        assert!(
-            matches!(p.rec.0.last(), Some(Ev::Headers(3, _, true))),
-            "{fields:?}"
-        );
+        assert!(matches!(p.rec.0.last(), Some(Ev::Headers(3, _, true))), "{fields:?}");
     }
     // A well-formed CONNECT reaches the application.
     let mut p = peer();
-    p.headers(
-        1,
-        &[(":method", "CONNECT"), (":authority", "a:1")],
-        flag::END_HEADERS,
-    );
+    p.headers(1, &[(":method", "CONNECT"), (":authority", "a:1")], flag::END_HEADERS);
     assert!(matches!(p.rec.0.last(), Some(Ev::Headers(1, _, false))));
 }
 
@@ -558,10 +355,7 @@ fn content_length_must_match() {
     p.headers(1, &f, flag::END_HEADERS);
     p.data(1, b"test", true);
     assert_eq!(p.rst_code(1), Some(ErrorCode::PROTOCOL_ERROR));
-    assert_eq!(
-        p.rec.0.last(),
-        Some(&Ev::Reset(1, ErrorCode::PROTOCOL_ERROR))
-    );
+    assert_eq!(p.rec.0.last(), Some(&Ev::Reset(1, ErrorCode::PROTOCOL_ERROR)));
     let mut p = peer();
     p.headers(1, &f, flag::END_HEADERS | flag::END_STREAM);
     assert_eq!(p.rst_code(1), Some(ErrorCode::PROTOCOL_ERROR));
@@ -596,20 +390,12 @@ fn stream_state_errors() {
     // Pseudo-header in trailers.
     let mut p = peer();
     p.request(1, false);
-    p.headers(
-        1,
-        &[(":method", "POST")],
-        flag::END_HEADERS | flag::END_STREAM,
-    );
+    p.headers(1, &[(":method", "POST")], flag::END_HEADERS | flag::END_STREAM);
     assert_eq!(p.rst_code(1), Some(ErrorCode::PROTOCOL_ERROR));
     // Valid trailers end the request.
     let mut p = peer();
     p.request(1, false);
-    p.headers(
-        1,
-        &[("x-trailer", "1")],
-        flag::END_HEADERS | flag::END_STREAM,
-    );
+    p.headers(1, &[("x-trailer", "1")], flag::END_HEADERS | flag::END_STREAM);
     assert_eq!(p.rec.0.last(), Some(&Ev::Data(1, vec![], true)));
     // PRIORITY: accepted and ignored; bad length or self-dependency is a stream error.
     let mut p = peer();
@@ -628,10 +414,7 @@ fn stream_state_errors() {
 
 #[test]
 fn concurrency_limit_refuses_streams() {
-    let mut p = Peer::new(Config {
-        max_concurrent_streams: 2,
-        ..Config::default()
-    });
+    let mut p = Peer::new(Config { max_concurrent_streams: 2, ..Config::default() });
     p.request(1, false);
     p.request(3, false);
     p.request(5, false);
@@ -652,31 +435,17 @@ fn headers_and_continuation_are_reassembled() {
     p.raw(b.len(), kind::CONTINUATION, 0, 1, b);
     assert!(p.rec.0.is_empty());
     p.raw(c.len(), kind::CONTINUATION, flag::END_HEADERS, 1, c);
-    assert!(
-        matches!(&p.rec.0[0], Ev::Headers(1, f, true) if f.iter().any(|(n, v)| n == "x-long" && v.len() == 3000))
-    );
+    assert!(matches!(&p.rec.0[0], Ev::Headers(1, f, true) if f.iter().any(|(n, v)| n == "x-long" && v.len() == 3000)));
     // Padding and priority in HEADERS are understood.
     let block = p.block(&req_fields());
     let mut payload = vec![3u8];
     payload.extend_from_slice(&[0, 0, 0, 0, 255]);
     payload.extend_from_slice(&block);
     payload.extend_from_slice(&[0; 3]);
-    p.raw(
-        payload.len(),
-        kind::HEADERS,
-        flag::END_HEADERS | flag::PADDED | flag::PRIORITY,
-        3,
-        &payload,
-    );
+    p.raw(payload.len(), kind::HEADERS, flag::END_HEADERS | flag::PADDED | flag::PRIORITY, 3, &payload);
     assert!(matches!(&p.rec.0[1], Ev::Headers(3, _, false)));
     // Padded DATA delivers only the data.
-    p.raw(
-        6,
-        kind::DATA,
-        flag::PADDED | flag::END_STREAM,
-        3,
-        &[2, b'h', b'i', b'!', 0, 0],
-    );
+    p.raw(6, kind::DATA, flag::PADDED | flag::END_STREAM, 3, &[2, b'h', b'i', b'!', 0, 0]);
     assert_eq!(p.rec.0[2], Ev::Data(3, b"hi!".to_vec(), true));
 }
 
@@ -693,27 +462,16 @@ fn flow_control_holds_data_until_credit() {
     let data: Vec<&Frame> = f.iter().filter(|f| f.hdr.kind == kind::DATA).collect();
     assert_eq!(data.len(), 1);
     assert_eq!(data[0].payload, b"hel");
-    assert!(
-        !f.iter()
-            .any(|f| f.hdr.kind == kind::HEADERS && f.hdr.has(flag::END_STREAM)),
-        "trailers wait behind data"
-    );
+    assert!(!f.iter().any(|f| f.hdr.kind == kind::HEADERS && f.hdr.has(flag::END_STREAM)), "trailers wait behind data");
     assert_eq!(p.conn.blocked_bytes(), 8);
     // Lowering the initial window makes the stream's window negative: nothing may be sent.
     p.settings(&[(frame::setting::INITIAL_WINDOW_SIZE, 1)]);
     p.window_update(1, 2);
     let f = p.frames();
-    assert!(
-        !f.iter().any(|f| f.hdr.kind == kind::DATA),
-        "window is -2 + 2 = 0"
-    );
+    assert!(!f.iter().any(|f| f.hdr.kind == kind::DATA), "window is -2 + 2 = 0");
     p.window_update(1, 100);
     let f = p.frames();
-    let data: Vec<u8> = f
-        .iter()
-        .filter(|f| f.hdr.kind == kind::DATA)
-        .flat_map(|f| f.payload.clone())
-        .collect();
+    let data: Vec<u8> = f.iter().filter(|f| f.hdr.kind == kind::DATA).flat_map(|f| f.payload.clone()).collect();
     assert_eq!(data, b"lo world");
     let last = f.last().unwrap();
     assert_eq!(last.hdr.kind, kind::HEADERS);
@@ -732,16 +490,9 @@ fn connection_window_is_shared_and_refilled() {
         p.data(1, &chunk, false);
     }
     let f = p.frames();
-    assert!(
-        f.iter()
-            .any(|f| f.hdr.kind == kind::WINDOW_UPDATE && f.hdr.stream_id == 1),
-        "stream credit returned"
-    );
+    assert!(f.iter().any(|f| f.hdr.kind == kind::WINDOW_UPDATE && f.hdr.stream_id == 1), "stream credit returned");
     // Exceeding the stream window is a stream error.
-    let mut p = Peer::new(Config {
-        stream_window_bytes: 10_000,
-        ..Config::default()
-    });
+    let mut p = Peer::new(Config { stream_window_bytes: 10_000, ..Config::default() });
     p.request(1, false);
     p.data(1, &chunk[..10_000], false);
     p.frames();
@@ -763,10 +514,7 @@ fn response_larger_than_frame_size_is_split() {
     assert!(data.last().unwrap().hdr.has(flag::END_STREAM));
     // A larger peer frame size is honoured.
     let mut p = peer();
-    p.settings(&[
-        (frame::setting::MAX_FRAME_SIZE, 1 << 20),
-        (frame::setting::INITIAL_WINDOW_SIZE, 1 << 20),
-    ]);
+    p.settings(&[(frame::setting::MAX_FRAME_SIZE, 1 << 20), (frame::setting::INITIAL_WINDOW_SIZE, 1 << 20)]);
     p.window_update(0, 1 << 20);
     p.request(1, true);
     p.conn.send_data(1, &body, true);
@@ -778,8 +526,7 @@ fn response_larger_than_frame_size_is_split() {
 fn early_response_resets_the_unfinished_request() {
     let mut p = peer();
     p.request(1, false);
-    p.conn
-        .send_headers(1, &[(b":status", b"200"), (b"grpc-status", b"8")], true);
+    p.conn.send_headers(1, &[(b":status", b"200"), (b"grpc-status", b"8")], true);
     assert_eq!(p.rst_code(1), Some(ErrorCode::NO_ERROR));
     // Data still in flight from the client is ignored, not answered.
     p.data(1, b"late", false);
@@ -798,10 +545,7 @@ fn graceful_drain() {
     assert_eq!(frame::read_u32(&g.payload, 4), Some(0), "NO_ERROR");
     assert!(!p.conn.is_done(), "stream 1 still runs");
     p.request(3, true);
-    assert!(
-        !p.rec.0.iter().any(|e| matches!(e, Ev::Headers(3, ..))),
-        "streams after GOAWAY are ignored"
-    );
+    assert!(!p.rec.0.iter().any(|e| matches!(e, Ev::Headers(3, ..))), "streams after GOAWAY are ignored");
     p.data(1, b"x", true);
     p.conn.send_headers(1, &[(b":status", b"200")], true);
     assert!(p.conn.is_done());
@@ -871,27 +615,15 @@ fn response_headers_use_the_dynamic_table() {
     let mut p = peer();
     for id in [1u32, 3, 5] {
         p.request(id, true);
-        p.conn.send_headers(
-            id,
-            &[(b":status", b"200"), (b"content-type", b"application/grpc")],
-            false,
-        );
+        p.conn.send_headers(id, &[(b":status", b"200"), (b"content-type", b"application/grpc")], false);
         p.conn.send_trailers(id, &[(b"grpc-status", b"0")]);
     }
     let f = p.frames();
-    let blocks: Vec<Vec<u8>> = f
-        .iter()
-        .filter(|f| f.hdr.kind == kind::HEADERS)
-        .map(|f| f.payload.clone())
-        .collect();
+    let blocks: Vec<Vec<u8>> = f.iter().filter(|f| f.hdr.kind == kind::HEADERS).map(|f| f.payload.clone()).collect();
     assert_eq!(blocks.len(), 6);
     for b in &blocks {
         p.decode(b);
     }
-    assert!(
-        blocks[4].len() <= 2,
-        "repeated response headers are indexed: {:?}",
-        blocks[4]
-    );
+    assert!(blocks[4].len() <= 2, "repeated response headers are indexed: {:?}", blocks[4]);
     assert_eq!(blocks[5].len(), 1, "repeated grpc-status: 0 is one byte");
 }

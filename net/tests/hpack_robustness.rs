@@ -46,18 +46,9 @@ fn each_error_variant_from_a_crafted_block() {
     assert_eq!(err(&[0x3f]), DecodeError::Truncated);
 
     // IntegerOverflow: 127 + (2^28 - 1) + 15 * 2^28 > u32::MAX; and six continuation bytes.
-    assert_eq!(
-        err(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]),
-        DecodeError::IntegerOverflow
-    );
-    assert_eq!(
-        err(&[0xff, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00]),
-        DecodeError::IntegerOverflow
-    );
-    assert_eq!(
-        err(&[0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0x7f]),
-        DecodeError::IntegerOverflow
-    );
+    assert_eq!(err(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]), DecodeError::IntegerOverflow);
+    assert_eq!(err(&[0xff, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00]), DecodeError::IntegerOverflow);
+    assert_eq!(err(&[0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0x7f]), DecodeError::IntegerOverflow);
 
     // InvalidIndex: index 0; first dynamic index of an empty table; a literal naming one.
     assert_eq!(err(&[0x80]), DecodeError::InvalidIndex);
@@ -69,22 +60,13 @@ fn each_error_variant_from_a_crafted_block() {
     // after '0'; four 0xff bytes contain EOS.
     assert_eq!(err(&[0x00, 0x81, 0xff, 0x00]), DecodeError::InvalidHuffman);
     assert_eq!(err(&[0x00, 0x81, 0x00, 0x00]), DecodeError::InvalidHuffman);
-    assert_eq!(
-        err(&[0x10, 0x01, b'a', 0x84, 0xff, 0xff, 0xff, 0xff]),
-        DecodeError::InvalidHuffman
-    );
+    assert_eq!(err(&[0x10, 0x01, b'a', 0x84, 0xff, 0xff, 0xff, 0xff]), DecodeError::InvalidHuffman);
 
     // TableSizeUpdateTooLarge: 4097 when 4096 was advertised.
-    assert_eq!(
-        err(&[0x3f, 0xe2, 0x1f]),
-        DecodeError::TableSizeUpdateTooLarge
-    );
+    assert_eq!(err(&[0x3f, 0xe2, 0x1f]), DecodeError::TableSizeUpdateTooLarge);
     let mut d = Decoder::new(4096);
     d.set_max_table_size(100);
-    assert_eq!(
-        decode(&mut d, &[0x3f, 0x46]),
-        Err(DecodeError::TableSizeUpdateTooLarge)
-    );
+    assert_eq!(decode(&mut d, &[0x3f, 0x46]), Err(DecodeError::TableSizeUpdateTooLarge));
     assert_eq!(decode(&mut d, &[0x3f, 0x45, 0x82]).unwrap().len(), 1);
 
     // TableSizeUpdateNotAtStart.
@@ -94,10 +76,7 @@ fn each_error_variant_from_a_crafted_block() {
 
     // StringTooLong: a 5-byte name with one byte left; a huge declared length.
     assert_eq!(err(&[0x00, 0x05, b'a']), DecodeError::StringTooLong);
-    assert_eq!(
-        err(&[0x00, 0x7f, 0xff, 0xff, 0xff, 0x0f]),
-        DecodeError::StringTooLong
-    );
+    assert_eq!(err(&[0x00, 0x7f, 0xff, 0xff, 0xff, 0x0f]), DecodeError::StringTooLong);
     assert_eq!(err(&[0x01, 0x85, 0xff]), DecodeError::StringTooLong);
 }
 
@@ -111,17 +90,11 @@ fn header_list_too_large_still_processes_the_whole_block() {
     // in the table, since the peer's encoder added it to its own.
     block.extend_from_slice(&[0x82, 0x40, 0x03, b'x', b'-', b'a', 0x01, b'1']);
     let mut seen = 0;
-    assert_eq!(
-        d.decode(&block, |_, _| seen += 1),
-        Err(DecodeError::HeaderListTooLarge)
-    );
+    assert_eq!(d.decode(&block, |_, _| seen += 1), Err(DecodeError::HeaderListTooLarge));
     assert_eq!(seen, 2);
     assert_eq!(d.dynamic_table_size(), 3 + 1 + 32);
     // The next block can refer to that entry.
-    assert_eq!(
-        decode(&mut d, &[0xbe]).unwrap(),
-        vec![(b"x-a".to_vec(), b"1".to_vec())]
-    );
+    assert_eq!(decode(&mut d, &[0xbe]).unwrap(), vec![(b"x-a".to_vec(), b"1".to_vec())]);
     // The limit is per block.
     assert!(decode(&mut d, &[0x82, 0x82]).is_ok());
 }
@@ -156,9 +129,7 @@ const PIECES: &[&[u8]] = &[
     &[0x3f, 0xe1, 0x1f],
     &[0x3f, 0x45],
     &[0x0f, 0x2f, 0x00],
-    &[
-        0x5f, 0x1d, 0x8c, 0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff,
-    ],
+    &[0x5f, 0x1d, 0x8c, 0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff],
 ];
 
 #[test]
@@ -208,10 +179,7 @@ fn random_and_mutated_blocks_never_panic_and_respect_the_table_limit() {
         }
         let r = decoder.decode(&block, |_, _| {});
         outcomes[r.is_ok() as usize] += 1;
-        assert!(
-            decoder.dynamic_table_size() <= max,
-            "round {round}: table over {max}"
-        );
+        assert!(decoder.dynamic_table_size() <= max, "round {round}: table over {max}");
     }
     // Both paths were exercised a meaningful number of times.
     assert!(outcomes[0] > 10_000 && outcomes[1] > 10_000, "{outcomes:?}");

@@ -26,15 +26,7 @@ impl XorShift {
     }
 
     fn bytes(&mut self, len: usize, printable: bool) -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                if printable {
-                    b' ' + self.below(95) as u8
-                } else {
-                    self.next() as u8
-                }
-            })
-            .collect()
+        (0..len).map(|_| if printable { b' ' + self.below(95) as u8 } else { self.next() as u8 }).collect()
     }
 }
 
@@ -58,19 +50,8 @@ const NAMES: &[&str] = &[
     "x-custom",
 ];
 
-const VALUES: &[&str] = &[
-    "GET",
-    "POST",
-    "/",
-    "http",
-    "https",
-    "200",
-    "404",
-    "gzip, deflate",
-    "application/grpc",
-    "0",
-    "trailers",
-];
+const VALUES: &[&str] =
+    &["GET", "POST", "/", "http", "https", "200", "404", "gzip, deflate", "application/grpc", "0", "trailers"];
 
 #[derive(Clone, Copy, PartialEq)]
 enum HuffmanMode {

@@ -37,14 +37,8 @@ fn stories(dir: &str) -> Vec<(String, Json)> {
         .into_iter()
         .map(|f| {
             let text = std::fs::read(&f).expect("story file");
-            let name = f
-                .file_name()
-                .expect("file name")
-                .to_string_lossy()
-                .into_owned();
-            let json = Parser::new(&text)
-                .parse_document()
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let name = f.file_name().expect("file name").to_string_lossy().into_owned();
+            let json = Parser::new(&text).parse_document().unwrap_or_else(|e| panic!("{name}: {e}"));
             (name, json)
         })
         .collect()
@@ -61,10 +55,7 @@ fn headers(case: &Json) -> Fields {
         .map(|h| match h {
             Json::Object(kv) if kv.len() == 1 => {
                 let (k, v) = &kv[0];
-                (
-                    k.as_bytes().to_vec(),
-                    v.as_str().expect("header value").as_bytes().to_vec(),
-                )
+                (k.as_bytes().to_vec(), v.as_str().expect("header value").as_bytes().to_vec())
             }
             other => panic!("header entry {other:?}"),
         })
@@ -73,10 +64,7 @@ fn headers(case: &Json) -> Fields {
 
 fn unhex(s: &str) -> Vec<u8> {
     assert_eq!(s.len() % 2, 0);
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
 }
 
 fn cases(story: &Json) -> &[Json] {
@@ -102,10 +90,7 @@ fn decode_stories_of_other_encoders() {
                 decoder
                     .decode(&wire, |n, v| got.push((n.to_vec(), v.to_vec())))
                     .unwrap_or_else(|e| panic!("{dir}/{name} case {i}: {e:?}"));
-                assert!(
-                    got == headers(case),
-                    "{dir}/{name} case {i}: decoded fields differ"
-                );
+                assert!(got == headers(case), "{dir}/{name} case {i}: decoded fields differ");
                 n_cases += 1;
             }
             n_stories += 1;
@@ -140,10 +125,7 @@ fn raw_stories_round_trip_through_our_encoder() {
                 decoder
                     .decode(&wire, |n, v| got.push((n.to_vec(), v.to_vec())))
                     .unwrap_or_else(|e| panic!("{name} case {i} (huffman {huffman}): {e:?}"));
-                assert!(
-                    got == fields,
-                    "{name} case {i} (huffman {huffman}): fields differ"
-                );
+                assert!(got == fields, "{name} case {i} (huffman {huffman}): fields differ");
                 assert_eq!(encoder.dynamic_table_size(), decoder.dynamic_table_size());
                 plain_bytes += fields.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>();
                 wire_bytes += wire.len();
@@ -154,13 +136,8 @@ fn raw_stories_round_trip_through_our_encoder() {
         assert_eq!((n_stories, n_cases), (want_stories, want_cases));
         // Not a benchmark, a sanity check: HPACK on these real header sets should at least
         // halve them; a regression in table lookups or Huffman choice would show here first.
-        eprintln!(
-            "raw-data, huffman {huffman}: {plain_bytes} header bytes -> {wire_bytes} on the wire"
-        );
-        assert!(
-            wire_bytes * 2 < plain_bytes,
-            "{wire_bytes} of {plain_bytes}"
-        );
+        eprintln!("raw-data, huffman {huffman}: {plain_bytes} header bytes -> {wire_bytes} on the wire");
+        assert!(wire_bytes * 2 < plain_bytes, "{wire_bytes} of {plain_bytes}");
     }
 }
 
@@ -309,26 +286,17 @@ impl<'a> Parser<'a> {
             b'n' => self.literal("null", Json::Null),
             _ => {
                 let start = self.pos;
-                while matches!(
-                    self.peek(),
-                    Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
-                ) {
+                while matches!(self.peek(), Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')) {
                     self.pos += 1;
                 }
-                let text =
-                    std::str::from_utf8(&self.s[start..self.pos]).map_err(|e| e.to_string())?;
-                text.parse()
-                    .map(Json::Number)
-                    .map_err(|_| format!("bad number at {start}"))
+                let text = std::str::from_utf8(&self.s[start..self.pos]).map_err(|e| e.to_string())?;
+                text.parse().map(Json::Number).map_err(|_| format!("bad number at {start}"))
             }
         }
     }
 
     fn hex4(&mut self) -> Result<u32, String> {
-        let digits = self
-            .s
-            .get(self.pos..self.pos + 4)
-            .ok_or("short \\u escape")?;
+        let digits = self.s.get(self.pos..self.pos + 4).ok_or("short \\u escape")?;
         let text = std::str::from_utf8(digits).map_err(|e| e.to_string())?;
         self.pos += 4;
         u32::from_str_radix(text, 16).map_err(|e| e.to_string())
@@ -359,14 +327,10 @@ impl<'a> Parser<'a> {
                         b't' => '\t',
                         b'u' => {
                             let mut cp = self.hex4()?;
-                            if (0xd800..0xdc00).contains(&cp)
-                                && self.s[self.pos..].starts_with(b"\\u")
-                            {
+                            if (0xd800..0xdc00).contains(&cp) && self.s[self.pos..].starts_with(b"\\u") {
                                 self.pos += 2;
                                 let low = self.hex4()?;
-                                cp = 0x10000
-                                    + ((cp - 0xd800) << 10)
-                                    + (low.wrapping_sub(0xdc00) & 0x3ff);
+                                cp = 0x10000 + ((cp - 0xd800) << 10) + (low.wrapping_sub(0xdc00) & 0x3ff);
                             }
                             char::from_u32(cp).ok_or("bad \\u escape")?
                         }
@@ -383,9 +347,8 @@ impl<'a> Parser<'a> {
 
 #[test]
 fn json_reader_handles_what_the_stories_use() {
-    let j = Parser::new(br#"{"a": [1, -2.5e1, true, null], "b": "x\u0026y\"\\\/\n", "c": {}}"#)
-        .parse_document()
-        .unwrap();
+    let j =
+        Parser::new(br#"{"a": [1, -2.5e1, true, null], "b": "x\u0026y\"\\\/\n", "c": {}}"#).parse_document().unwrap();
     assert_eq!(j.get("b").and_then(Json::as_str), Some("x&y\"\\/\n"));
     let a = j.get("a").and_then(Json::as_array).unwrap();
     assert_eq!(a[1].as_number(), Some(-25.0));

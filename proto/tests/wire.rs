@@ -6,11 +6,10 @@
 //! such peers send, including unpacked repeated enums and fields we do not know.
 
 use metastore_proto::etcdserverpb::{
-    compare, range_request, request_op, response_op, watch_create_request, watch_request,
-    CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseTimeToLiveResponse,
-    PutRequest, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, StatusResponse,
-    TxnRequest, TxnResponse, WatchCancelRequest, WatchCreateRequest, WatchProgressRequest,
-    WatchRequest, WatchResponse,
+    compare, range_request, request_op, response_op, watch_create_request, watch_request, CompactionRequest, Compare,
+    DeleteRangeRequest, LeaseGrantRequest, LeaseTimeToLiveResponse, PutRequest, RangeRequest, RangeResponse, RequestOp,
+    ResponseHeader, ResponseOp, StatusResponse, TxnRequest, TxnResponse, WatchCancelRequest, WatchCreateRequest,
+    WatchProgressRequest, WatchRequest, WatchResponse,
 };
 use metastore_proto::mvccpb::{event, Event, KeyValue};
 use metastore_proto::SERVICES;
@@ -20,10 +19,7 @@ use prost::Message;
 const MINUS_ONE: [u8; 10] = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
 
 fn hex(b: &[u8]) -> String {
-    b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
 }
 
 #[track_caller]
@@ -117,12 +113,7 @@ fn service_table_lists_exactly_the_reference_rpcs() {
                 (true, true) => Bidi,
                 (true, false) => panic!("{}/{}: client-streaming-only RPC", s.name, m.name),
             };
-            actual.push((
-                format!("{}/{}", s.name, m.name),
-                m.input.to_owned(),
-                m.output.to_owned(),
-                kind,
-            ));
+            actual.push((format!("{}/{}", s.name, m.name), m.input.to_owned(), m.output.to_owned(), kind));
         }
     }
     let mut expected: Vec<(String, String, String, Kind)> = EXPECTED
@@ -130,12 +121,7 @@ fn service_table_lists_exactly_the_reference_rpcs() {
         .map(|&(path, input, output, kind)| {
             let (service, _) = path.split_once('/').unwrap();
             let package = &service[..service.rfind('.').unwrap()];
-            (
-                path.to_owned(),
-                format!("{package}.{input}"),
-                format!("{package}.{output}"),
-                kind,
-            )
+            (path.to_owned(), format!("{package}.{input}"), format!("{package}.{output}"), kind)
         })
         .collect();
     actual.sort();
@@ -150,10 +136,7 @@ fn service_table_has_no_duplicates_and_keeps_declaration_order() {
     dedup.sort_unstable();
     dedup.dedup();
     assert_eq!(dedup.len(), names.len(), "{names:?}");
-    let kv = SERVICES
-        .iter()
-        .find(|s| s.name == "etcdserverpb.KV")
-        .unwrap();
+    let kv = SERVICES.iter().find(|s| s.name == "etcdserverpb.KV").unwrap();
     let methods: Vec<&str> = kv.methods.iter().map(|m| m.name).collect();
     assert_eq!(methods, ["Range", "Put", "DeleteRange", "Txn", "Compact"]);
 }
@@ -164,11 +147,8 @@ fn service_table_has_no_duplicates_and_keeps_declaration_order() {
 
 #[test]
 fn empty_oneof_message_arm_is_encoded_and_decoded_as_set() {
-    let req = WatchRequest {
-        request_union: Some(watch_request::RequestUnion::ProgressRequest(
-            WatchProgressRequest {},
-        )),
-    };
+    let req =
+        WatchRequest { request_union: Some(watch_request::RequestUnion::ProgressRequest(WatchProgressRequest {})) };
     assert_bytes(&req, &[0x1a, 0x00]);
     let back = WatchRequest::decode(&[0x1a, 0x00][..]).unwrap();
     assert_eq!(back, req);
@@ -178,17 +158,11 @@ fn empty_oneof_message_arm_is_encoded_and_decoded_as_set() {
 
 #[test]
 fn compare_oneof_arm_with_default_value_stays_on_the_wire() {
-    let cmp = Compare {
-        key: b"k".to_vec(),
-        target_union: Some(compare::TargetUnion::Version(0)),
-        ..Default::default()
-    };
+    let cmp =
+        Compare { key: b"k".to_vec(), target_union: Some(compare::TargetUnion::Version(0)), ..Default::default() };
     // result EQUAL=0 and target VERSION=0 are omitted; key (3) then version (4) = 0.
     assert_bytes(&cmp, &[0x1a, 0x01, b'k', 0x20, 0x00]);
-    assert_eq!(
-        Compare::decode(&[0x1a, 0x01, b'k', 0x20, 0x00][..]).unwrap(),
-        cmp
-    );
+    assert_eq!(Compare::decode(&[0x1a, 0x01, b'k', 0x20, 0x00][..]).unwrap(), cmp);
 
     let mut cmp = Compare {
         key: b"k".to_vec(),
@@ -200,12 +174,7 @@ fn compare_oneof_arm_with_default_value_stays_on_the_wire() {
     cmp.set_target(compare::CompareTarget::Mod);
     // result (1)=3, target (2)=MOD=2, key (3), mod_revision (6)=0, range_end (64: tag 0x202 as
     // the two-byte varint 82 04).
-    assert_bytes(
-        &cmp,
-        &[
-            0x08, 0x03, 0x10, 0x02, 0x1a, 0x01, b'k', 0x30, 0x00, 0x82, 0x04, 0x01, b'l',
-        ],
-    );
+    assert_bytes(&cmp, &[0x08, 0x03, 0x10, 0x02, 0x1a, 0x01, b'k', 0x30, 0x00, 0x82, 0x04, 0x01, b'l']);
 
     // The other arms: create_revision (5), value (7, empty bytes), lease (8).
     for (arm, bytes) in [
@@ -213,10 +182,7 @@ fn compare_oneof_arm_with_default_value_stays_on_the_wire() {
         (compare::TargetUnion::Value(Vec::new()), [0x3a, 0x00]),
         (compare::TargetUnion::Lease(0), [0x40, 0x00]),
     ] {
-        let cmp = Compare {
-            target_union: Some(arm),
-            ..Default::default()
-        };
+        let cmp = Compare { target_union: Some(arm), ..Default::default() };
         assert_bytes(&cmp, &bytes);
         assert_eq!(Compare::decode(&bytes[..]).unwrap(), cmp);
     }
@@ -228,23 +194,14 @@ fn negative_int64_is_a_ten_byte_varint() {
     let mut expected = vec![0x08];
     expected.extend_from_slice(&MINUS_ONE);
     assert_bytes(&cancel, &expected);
-    assert_eq!(
-        WatchCancelRequest::decode(&expected[..]).unwrap().watch_id,
-        -1
-    );
+    assert_eq!(WatchCancelRequest::decode(&expected[..]).unwrap().watch_id, -1);
 
-    let resp = WatchResponse {
-        watch_id: -1,
-        ..Default::default()
-    };
+    let resp = WatchResponse { watch_id: -1, ..Default::default() };
     let mut expected = vec![0x10];
     expected.extend_from_slice(&MINUS_ONE);
     assert_bytes(&resp, &expected);
 
-    let ttl = LeaseTimeToLiveResponse {
-        ttl: -1,
-        ..Default::default()
-    };
+    let ttl = LeaseTimeToLiveResponse { ttl: -1, ..Default::default() };
     let mut expected = vec![0x18];
     expected.extend_from_slice(&MINUS_ONE);
     assert_bytes(&ttl, &expected);
@@ -321,28 +278,16 @@ fn put_and_delete_range_field_numbers() {
             0x30, 0x01, // ignore_lease (6)
         ],
     );
-    let del = DeleteRangeRequest {
-        key: b"a".to_vec(),
-        range_end: vec![0],
-        prev_kv: true,
-    };
+    let del = DeleteRangeRequest { key: b"a".to_vec(), range_end: vec![0], prev_kv: true };
     assert_bytes(&del, &[0x0a, 0x01, b'a', 0x12, 0x01, 0x00, 0x18, 0x01]);
 }
 
 #[test]
 fn response_header_and_key_value_field_numbers() {
-    let h = ResponseHeader {
-        cluster_id: 1,
-        member_id: 2,
-        revision: 3,
-        raft_term: 4,
-    };
+    let h = ResponseHeader { cluster_id: 1, member_id: 2, revision: 3, raft_term: 4 };
     assert_bytes(&h, &[0x08, 0x01, 0x10, 0x02, 0x18, 0x03, 0x20, 0x04]);
     // IDs are uint64 over the full range.
-    let h = ResponseHeader {
-        cluster_id: u64::MAX,
-        ..Default::default()
-    };
+    let h = ResponseHeader { cluster_id: u64::MAX, ..Default::default() };
     let mut expected = vec![0x08];
     expected.extend_from_slice(&MINUS_ONE);
     assert_bytes(&h, &expected);
@@ -367,10 +312,7 @@ fn response_header_and_key_value_field_numbers() {
 
     // RangeResponse: header (1), kvs (2), more (3), count (4).
     let resp = RangeResponse {
-        header: Some(ResponseHeader {
-            revision: 3,
-            ..Default::default()
-        }),
+        header: Some(ResponseHeader { revision: 3, ..Default::default() }),
         kvs: vec![kv.clone()],
         more: true,
         count: 2,
@@ -384,30 +326,20 @@ fn response_header_and_key_value_field_numbers() {
 #[test]
 fn watch_response_events_use_field_11_and_event_type_numbers() {
     let mut ev = Event {
-        kv: Some(KeyValue {
-            key: b"k".to_vec(),
-            mod_revision: 5,
-            ..Default::default()
-        }),
+        kv: Some(KeyValue { key: b"k".to_vec(), mod_revision: 5, ..Default::default() }),
         ..Default::default()
     };
     ev.set_type(event::EventType::Delete);
     // type (1) = DELETE, kv (2) = {key, mod_revision}.
     let ev_bytes = [0x08, 0x01, 0x12, 0x05, 0x0a, 0x01, b'k', 0x18, 0x05];
     assert_bytes(&ev, &ev_bytes);
-    let resp = WatchResponse {
-        events: vec![ev],
-        ..Default::default()
-    };
+    let resp = WatchResponse { events: vec![ev], ..Default::default() };
     // events (11): tag (11 << 3) | 2 = 0x5a.
     let mut expected = vec![0x5a, ev_bytes.len() as u8];
     expected.extend_from_slice(&ev_bytes);
     assert_bytes(&resp, &expected);
 
-    let prev = Event {
-        prev_kv: Some(KeyValue::default()),
-        ..Default::default()
-    };
+    let prev = Event { prev_kv: Some(KeyValue::default()), ..Default::default() };
     assert_bytes(&prev, &[0x1a, 0x00]);
 }
 
@@ -420,10 +352,7 @@ fn txn_request_compare_success_failure_numbers() {
             ..Default::default()
         }],
         success: vec![RequestOp {
-            request: Some(request_op::Request::RequestPut(PutRequest {
-                key: b"k".to_vec(),
-                ..Default::default()
-            })),
+            request: Some(request_op::Request::RequestPut(PutRequest { key: b"k".to_vec(), ..Default::default() })),
         }],
         failure: vec![
             RequestOp {
@@ -432,14 +361,8 @@ fn txn_request_compare_success_failure_numbers() {
                     ..Default::default()
                 })),
             },
-            RequestOp {
-                request: Some(request_op::Request::RequestDeleteRange(
-                    DeleteRangeRequest::default(),
-                )),
-            },
-            RequestOp {
-                request: Some(request_op::Request::RequestTxn(TxnRequest::default())),
-            },
+            RequestOp { request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest::default())) },
+            RequestOp { request: Some(request_op::Request::RequestTxn(TxnRequest::default())) },
         ],
     };
     let expected = [
@@ -456,20 +379,10 @@ fn txn_request_compare_success_failure_numbers() {
         header: None,
         succeeded: true,
         responses: vec![
-            ResponseOp {
-                response: Some(response_op::Response::ResponseRange(Default::default())),
-            },
-            ResponseOp {
-                response: Some(response_op::Response::ResponsePut(Default::default())),
-            },
-            ResponseOp {
-                response: Some(response_op::Response::ResponseDeleteRange(
-                    Default::default(),
-                )),
-            },
-            ResponseOp {
-                response: Some(response_op::Response::ResponseTxn(Default::default())),
-            },
+            ResponseOp { response: Some(response_op::Response::ResponseRange(Default::default())) },
+            ResponseOp { response: Some(response_op::Response::ResponsePut(Default::default())) },
+            ResponseOp { response: Some(response_op::Response::ResponseDeleteRange(Default::default())) },
+            ResponseOp { response: Some(response_op::Response::ResponseTxn(Default::default())) },
         ],
     };
     assert_bytes(
@@ -503,10 +416,7 @@ fn watch_create_filters_encode_packed_and_decode_both_forms() {
 
     // Both forms in one message concatenate, in wire order.
     let mixed = [0x28, 0x01, 0x2a, 0x01, 0x00];
-    assert_eq!(
-        WatchCreateRequest::decode(&mixed[..]).unwrap().filters,
-        [1, 0]
-    );
+    assert_eq!(WatchCreateRequest::decode(&mixed[..]).unwrap().filters, [1, 0]);
 
     // The remaining fields: start_revision (3), progress_notify (4), prev_kv (6), watch_id (7),
     // fragment (8); inside WatchRequest.create_request (1).
@@ -518,30 +428,14 @@ fn watch_create_filters_encode_packed_and_decode_both_forms() {
         fragment: true,
         ..Default::default()
     };
-    let req = WatchRequest {
-        request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
-    };
-    assert_bytes(
-        &req,
-        &[
-            0x0a, 0x0a, 0x18, 0x09, 0x20, 0x01, 0x30, 0x01, 0x38, 0x03, 0x40, 0x01,
-        ],
-    );
+    let req = WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) };
+    assert_bytes(&req, &[0x0a, 0x0a, 0x18, 0x09, 0x20, 0x01, 0x30, 0x01, 0x38, 0x03, 0x40, 0x01]);
 }
 
 #[test]
 fn lease_and_compaction_field_numbers() {
-    assert_bytes(
-        &LeaseGrantRequest { ttl: 5, id: 7 },
-        &[0x08, 0x05, 0x10, 0x07],
-    );
-    assert_bytes(
-        &CompactionRequest {
-            revision: 4,
-            physical: true,
-        },
-        &[0x08, 0x04, 0x10, 0x01],
-    );
+    assert_bytes(&LeaseGrantRequest { ttl: 5, id: 7 }, &[0x08, 0x05, 0x10, 0x07]);
+    assert_bytes(&CompactionRequest { revision: 4, physical: true }, &[0x08, 0x04, 0x10, 0x01]);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -560,14 +454,7 @@ fn unknown_fields_of_every_wire_type_are_skipped() {
         0x18, 0x07, // revision (3) = 7
     ];
     let h = ResponseHeader::decode(&bytes[..]).unwrap();
-    assert_eq!(
-        h,
-        ResponseHeader {
-            cluster_id: 1,
-            revision: 7,
-            ..Default::default()
-        }
-    );
+    assert_eq!(h, ResponseHeader { cluster_id: 1, revision: 7, ..Default::default() });
     // Unknown fields are not kept.
     assert_bytes(&h, &[0x08, 0x01, 0x18, 0x07]);
 }
@@ -581,11 +468,5 @@ fn newer_peer_fields_do_not_break_decoding() {
     // An unknown field inside a nested message (KeyValue field 9) is skipped too.
     let bytes = [0x12, 0x05, 0x0a, 0x01, b'k', 0x48, 0x01];
     let r = RangeResponse::decode(&bytes[..]).unwrap();
-    assert_eq!(
-        r.kvs,
-        [KeyValue {
-            key: b"k".to_vec(),
-            ..Default::default()
-        }]
-    );
+    assert_eq!(r.kvs, [KeyValue { key: b"k".to_vec(), ..Default::default() }]);
 }

@@ -7,9 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use metastore_storage::mvcc::{
-    prefix_end, KeyRange, MvccError, RangeOptions, SortOrder, SortTarget, Store,
-};
+use metastore_storage::mvcc::{prefix_end, KeyRange, MvccError, RangeOptions, SortOrder, SortTarget, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Kv {
@@ -39,9 +37,7 @@ impl Rng {
         // A small keyspace so that keys collide, with some bytes that stress ordering.
         let alphabet: &[&[u8]] = &[b"a", b"b", b"c", b"\x00", b"\xff"];
         let len = 1 + self.below(3) as usize;
-        (0..len)
-            .flat_map(|_| alphabet[self.below(alphabet.len() as u64) as usize].to_vec())
-            .collect()
+        (0..len).flat_map(|_| alphabet[self.below(alphabet.len() as u64) as usize].to_vec()).collect()
     }
     fn end(&mut self, key: &[u8]) -> Vec<u8> {
         match self.below(5) {
@@ -66,12 +62,7 @@ impl Model {
         self.snaps.last().unwrap()
     }
 
-    fn range(
-        &self,
-        key: &[u8],
-        end: &[u8],
-        o: &RangeOptions,
-    ) -> Result<Ranged, MvccError> {
+    fn range(&self, key: &[u8], end: &[u8], o: &RangeOptions) -> Result<Ranged, MvccError> {
         let rev = if o.rev <= 0 { self.rev() } else { o.rev };
         if rev > self.rev() {
             return Err(MvccError::FutureRev);
@@ -81,11 +72,8 @@ impl Model {
         }
         let snap = &self.snaps[rev as usize - 1];
         let r = KeyRange::new(key, end);
-        let all: Vec<(Vec<u8>, Kv)> = snap
-            .iter()
-            .filter(|(k, _)| r.contains(k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let all: Vec<(Vec<u8>, Kv)> =
+            snap.iter().filter(|(k, _)| r.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
         let count = all.len() as i64;
         if o.count_only {
             return Ok((vec![], count, false));
@@ -133,10 +121,7 @@ impl Model {
 fn run(seed: u64, steps: usize) {
     let mut rng = Rng(seed | 1);
     let mut store = Store::new();
-    let mut model = Model {
-        snaps: vec![BTreeMap::new()],
-        compacted: 0,
-    };
+    let mut model = Model { snaps: vec![BTreeMap::new()], compacted: 0 };
     for step in 0..steps {
         let ctx = format!("seed {seed} step {step}");
         match rng.below(10) {
@@ -158,30 +143,14 @@ fn run(seed: u64, steps: usize) {
                     let ignore_lease = prev.is_some() && rng.below(4) == 0;
                     let value = vec![b'v'; rng.below(4) as usize];
                     let lease = rng.below(3) as i64;
-                    let got = w.put(
-                        &key,
-                        (!ignore_value).then_some(&value[..]),
-                        (!ignore_lease).then_some(lease),
-                    );
-                    assert_eq!(
-                        got.map(|r| r.value.to_vec()),
-                        prev.as_ref().map(|p| p.value.clone()),
-                        "{ctx}"
-                    );
+                    let got = w.put(&key, (!ignore_value).then_some(&value[..]), (!ignore_lease).then_some(lease));
+                    assert_eq!(got.map(|r| r.value.to_vec()), prev.as_ref().map(|p| p.value.clone()), "{ctx}");
                     let kv = Kv {
-                        value: if ignore_value {
-                            prev.as_ref().unwrap().value.clone()
-                        } else {
-                            value
-                        },
+                        value: if ignore_value { prev.as_ref().unwrap().value.clone() } else { value },
                         create: prev.as_ref().map_or(main, |p| p.create),
                         modr: main,
                         version: prev.as_ref().map_or(1, |p| p.version + 1),
-                        lease: if ignore_lease {
-                            prev.as_ref().unwrap().lease
-                        } else {
-                            lease
-                        },
+                        lease: if ignore_lease { prev.as_ref().unwrap().lease } else { lease },
                     };
                     next.insert(key, kv);
                 }
@@ -202,9 +171,7 @@ fn run(seed: u64, steps: usize) {
                 let changed = w.changed();
                 let events = w.commit();
                 assert_eq!(changed, !doomed.is_empty(), "{ctx}");
-                assert!(events
-                    .iter()
-                    .all(|e| e.kv.tombstone && e.kv.mod_revision == model.rev() + 1));
+                assert!(events.iter().all(|e| e.kv.tombstone && e.kv.mod_revision == model.rev() + 1));
                 if !doomed.is_empty() {
                     for k in &doomed {
                         next.remove(k);
@@ -234,13 +201,8 @@ fn run(seed: u64, steps: usize) {
         for _ in 0..4 {
             let key = rng.key();
             let end = rng.end(&key);
-            let targets = [
-                SortTarget::Key,
-                SortTarget::Version,
-                SortTarget::Create,
-                SortTarget::Mod,
-                SortTarget::Value,
-            ];
+            let targets =
+                [SortTarget::Key, SortTarget::Version, SortTarget::Create, SortTarget::Mod, SortTarget::Value];
             let orders = [SortOrder::None, SortOrder::Ascend, SortOrder::Descend];
             let pick = |rng: &mut Rng, p: u64| {
                 if rng.below(p) == 0 {
@@ -250,16 +212,8 @@ fn run(seed: u64, steps: usize) {
                 }
             };
             let o = RangeOptions {
-                rev: if rng.below(2) == 0 {
-                    0
-                } else {
-                    rng.below(model.rev() as u64 + 2) as i64
-                },
-                limit: if rng.below(2) == 0 {
-                    0
-                } else {
-                    rng.below(4) as i64
-                },
+                rev: if rng.below(2) == 0 { 0 } else { rng.below(model.rev() as u64 + 2) as i64 },
+                limit: if rng.below(2) == 0 { 0 } else { rng.below(4) as i64 },
                 sort_order: orders[rng.below(3) as usize],
                 sort_target: targets[rng.below(5) as usize],
                 count_only: rng.below(6) == 0,
@@ -299,15 +253,9 @@ fn store_matches_the_model() {
     for seed in fixed {
         run(seed, 2_000);
     }
-    let fresh = std::env::var("MVCC_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let fresh = std::env::var("MVCC_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
     eprintln!("fresh seed: MVCC_SEED={fresh}");
     run(fresh, 2_000);
 }
@@ -323,19 +271,39 @@ fn compaction_frees_history() {
     assert_eq!(store.history_records(), 1000);
     let before = store.history_bytes();
     store.compact(store.current_revision()).unwrap();
-    assert_eq!(
-        store.history_records(),
-        10,
-        "only the live version of each key remains"
-    );
+    assert_eq!(store.history_records(), 10, "only the live version of each key remains");
     assert!(store.history_bytes() * 50 < before);
     let mut w = store.write();
     w.delete_range(b"k", &prefix_end(b"k"));
     w.commit();
     store.compact(store.current_revision()).unwrap();
-    assert_eq!(
-        store.history_records(),
-        0,
-        "deleted keys leave nothing after compaction"
-    );
+    assert_eq!(store.history_records(), 0, "deleted keys leave nothing after compaction");
+}
+
+#[test]
+fn reads_inside_a_write_see_its_changes_and_history_stays_put() {
+    let mut store = Store::new();
+    let mut w = store.write();
+    w.put(b"a", Some(b"1"), None);
+    drop(w);
+    let mut w = store.write();
+    assert_eq!(w.revision(), 3);
+    w.put(b"a", Some(b"2"), None);
+    w.put(b"b", Some(b"x"), None);
+    let mut out = Vec::new();
+    let r = w.store().range(b"a", b"c", &RangeOptions::default(), &mut out).unwrap();
+    assert_eq!(r.rev, 3, "the request's own revision is current to its reads");
+    let vals: Vec<&[u8]> = out.iter().map(|r| &r.value[..]).collect();
+    assert_eq!(vals, [&b"2"[..], b"x"]);
+    let mut out = Vec::new();
+    w.store().range(b"a", b"c", &RangeOptions { rev: 2, ..Default::default() }, &mut out).unwrap();
+    let vals: Vec<&[u8]> = out.iter().map(|r| &r.value[..]).collect();
+    assert_eq!(vals, [&b"1"[..]], "the revision before the request is unchanged");
+    let mut out = Vec::new();
+    w.store().range(b"a", b"", &RangeOptions { rev: 3, ..Default::default() }, &mut out).unwrap();
+    assert_eq!(out[0].value.as_ref(), b"2");
+    drop(w);
+    assert_eq!(store.current_revision(), 3);
+    let mut out = Vec::new();
+    assert!(store.range(b"a", b"", &RangeOptions { rev: 4, ..Default::default() }, &mut out).is_err());
 }

@@ -19,8 +19,7 @@ static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 /// A fresh directory under cargo's per-test tmp dir.
 pub fn temp_dir(tag: &str) -> PathBuf {
     let n = NEXT_DIR.fetch_add(1, Ordering::SeqCst);
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("{tag}-{}-{n}", std::process::id()));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -42,32 +41,18 @@ impl TestServer {
         let log = dir.join("server.log");
         let logf = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_metastore"))
-            .args([
-                "--listen-client-urls",
-                "http://127.0.0.1:0",
-                "--io-driver",
-                driver,
-                "--data-dir",
-            ])
+            .args(["--listen-client-urls", "http://127.0.0.1:0", "--io-driver", driver, "--data-dir"])
             .arg(&data)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(logf)
-            .env(
-                "RUST_LOG",
-                std::env::var("METASTORE_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", std::env::var("METASTORE_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .spawn()
             .expect("start metastore");
         let urls = data.join("client-urls");
         let deadline = Instant::now() + Duration::from_secs(20);
-        let mut srv = TestServer {
-            child: Some(child),
-            addr: "127.0.0.1:1".parse().unwrap(),
-            dir,
-            driver: driver.into(),
-            log,
-        };
+        let mut srv =
+            TestServer { child: Some(child), addr: "127.0.0.1:1".parse().unwrap(), dir, driver: driver.into(), log };
         loop {
             if let Ok(s) = std::fs::read_to_string(&urls) {
                 if let Some(line) = s.lines().next() {
@@ -78,28 +63,16 @@ impl TestServer {
             if let Some(status) = srv.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("metastore exited early ({status}):\n{}", srv.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "metastore did not start:\n{}",
-                srv.log()
-            );
+            assert!(Instant::now() < deadline, "metastore did not start:\n{}", srv.log());
             std::thread::sleep(Duration::from_millis(20));
         }
         // The file is written before the threads run; wait until a connection is served.
         while http_get(srv.addr, "/metrics").is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "metastore does not answer:\n{}",
-                srv.log()
-            );
+            assert!(Instant::now() < deadline, "metastore does not answer:\n{}", srv.log());
             std::thread::sleep(Duration::from_millis(20));
         }
         let m = srv.metrics();
-        let want = if driver == "uring" {
-            "io_uring"
-        } else {
-            "epoll"
-        };
+        let want = if driver == "uring" { "io_uring" } else { "epoll" };
         assert!(
             m.contains(&format!("metastore_io_driver{{driver=\"{want}\"}} 1")),
             "asked for {driver}, metrics say:\n{m}"
@@ -133,10 +106,7 @@ impl TestServer {
         let m = self.metrics();
         let mut v = Vec::new();
         for line in m.lines() {
-            if let Some(rest) = line
-                .strip_prefix(name)
-                .and_then(|r| r.strip_prefix("{core=\""))
-            {
+            if let Some(rest) = line.strip_prefix(name).and_then(|r| r.strip_prefix("{core=\"")) {
                 let (_, val) = rest.split_once("} ").unwrap();
                 v.push(val.parse().unwrap());
             }
@@ -154,11 +124,7 @@ impl TestServer {
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(mut self) -> String {
         let out = self.stop_inner();
-        assert!(
-            out.0,
-            "metastore did not exit cleanly after SIGTERM:\n{}",
-            out.1
-        );
+        assert!(out.0, "metastore did not exit cleanly after SIGTERM:\n{}", out.1);
         out.1
     }
 
@@ -192,9 +158,7 @@ impl Drop for TestServer {
 pub fn parse_metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{') | Some(b' '))
-        })
+        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{') | Some(b' ')))
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
         .sum()
 }
@@ -203,18 +167,12 @@ pub fn parse_metric_sum(text: &str, name: &str) -> f64 {
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((status, body))
 }
 

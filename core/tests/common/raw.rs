@@ -36,12 +36,7 @@ impl RawConn {
     pub fn connect(addr: SocketAddr) -> Self {
         let sock = TcpStream::connect(addr).unwrap();
         sock.set_nodelay(true).unwrap();
-        RawConn {
-            sock,
-            enc: hpack::Encoder::new(),
-            dec: hpack::Decoder::new(4096),
-            buf: Vec::new(),
-        }
+        RawConn { sock, enc: hpack::Encoder::new(), dec: hpack::Decoder::new(4096), buf: Vec::new() }
     }
 
     /// Connects and does the preface + SETTINGS exchange.
@@ -62,12 +57,7 @@ impl RawConn {
         let mut b = Vec::new();
         self.enc.begin_block(&mut b);
         for (n, v) in fields {
-            self.enc.encode_field(
-                n.as_bytes(),
-                v.as_bytes(),
-                hpack::Indexing::Incremental,
-                &mut b,
-            );
+            self.enc.encode_field(n.as_bytes(), v.as_bytes(), hpack::Indexing::Incremental, &mut b);
         }
         b
     }
@@ -84,12 +74,7 @@ impl RawConn {
         ];
         let block = self.block(&fields);
         let mut b = Vec::new();
-        let flags = frame::flag::END_HEADERS
-            | if end_stream {
-                frame::flag::END_STREAM
-            } else {
-                0
-            };
+        let flags = frame::flag::END_HEADERS | if end_stream { frame::flag::END_STREAM } else { 0 };
         frame::write_header(&mut b, block.len(), kind::HEADERS, flags, id);
         b.extend_from_slice(&block);
         self.send(&b);
@@ -123,9 +108,7 @@ impl RawConn {
                 }
             }
             let left = deadline.checked_duration_since(Instant::now())?;
-            self.sock
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .unwrap();
+            self.sock.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
             let mut tmp = [0u8; 65_536];
             match self.sock.read(&mut tmp) {
                 Ok(0) | Err(_) => return None,
@@ -142,16 +125,10 @@ impl RawConn {
                 return Ending::Silent;
             };
             let Some(f) = self.next_frame(left) else {
-                return if Instant::now() >= deadline {
-                    Ending::Silent
-                } else {
-                    Ending::Closed
-                };
+                return if Instant::now() >= deadline { Ending::Silent } else { Ending::Closed };
             };
             match f.hdr.kind {
-                kind::GOAWAY => {
-                    return Ending::GoAway(ErrorCode(frame::read_u32(&f.payload, 4).unwrap()))
-                }
+                kind::GOAWAY => return Ending::GoAway(ErrorCode(frame::read_u32(&f.payload, 4).unwrap())),
                 kind::RST_STREAM if f.hdr.stream_id == id => {
                     return Ending::Rst(id, ErrorCode(frame::read_u32(&f.payload, 0).unwrap()))
                 }
@@ -173,10 +150,7 @@ impl RawConn {
                 let mut fields = Vec::new();
                 self.dec
                     .decode(&f.payload, |n, v| {
-                        fields.push((
-                            String::from_utf8_lossy(n).into_owned(),
-                            String::from_utf8_lossy(v).into_owned(),
-                        ))
+                        fields.push((String::from_utf8_lossy(n).into_owned(), String::from_utf8_lossy(v).into_owned()))
                     })
                     .unwrap();
                 if f.hdr.stream_id == id && f.hdr.has(frame::flag::END_STREAM) {

@@ -111,10 +111,7 @@ static TABLES: Tables = build_tables();
 
 /// Length in bytes of `src` once Huffman-encoded (padding included).
 pub fn encoded_len(src: &[u8]) -> usize {
-    let bits: usize = src
-        .iter()
-        .map(|&b| usize::from(CODE_LEN[usize::from(b)]))
-        .sum();
+    let bits: usize = src.iter().map(|&b| usize::from(CODE_LEN[usize::from(b)])).sum();
     bits.div_ceil(8)
 }
 
@@ -160,11 +157,8 @@ pub fn decode(src: &[u8], dst: &mut Vec<u8>) -> Result<(), DecodeError> {
             return Ok(());
         }
         let fast = TABLES.fast[peek(acc, bits, FAST_BITS) as usize];
-        let (sym, len) = if fast != 0 {
-            (fast & 0x1ff, u32::from(fast >> 9))
-        } else {
-            decode_long(peek(acc, bits, CODE_LEN_MAX))
-        };
+        let (sym, len) =
+            if fast != 0 { (fast & 0x1ff, u32::from(fast >> 9)) } else { decode_long(peek(acc, bits, CODE_LEN_MAX)) };
         if len > bits {
             // Only padding is left, or a code was cut short: the input ran out mid-symbol.
             let rest = acc & ((1 << bits) - 1);
@@ -221,10 +215,7 @@ mod tests {
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
     #[test]
@@ -263,11 +254,7 @@ mod tests {
             (256, 0x3fffffff, 30),
         ];
         for &(sym, code, len) in rfc {
-            assert_eq!(
-                (TABLES.code[sym], CODE_LEN[sym]),
-                (code, len),
-                "symbol {sym}"
-            );
+            assert_eq!((TABLES.code[sym], CODE_LEN[sym]), (code, len), "symbol {sym}");
         }
         // The code is complete: the Kraft sum of 2^-len is exactly 1.
         let kraft: u64 = CODE_LEN.iter().map(|&l| 1u64 << (30 - u32::from(l))).sum();
@@ -327,30 +314,18 @@ mod tests {
     fn rejects_bad_padding_and_eos() {
         let mut out = Vec::new();
         // '0' is 00000: a padding of 3 zero bits is not a prefix of EOS.
-        assert_eq!(
-            decode(&[0b0000_0000], &mut out),
-            Err(DecodeError::InvalidHuffman)
-        );
+        assert_eq!(decode(&[0b0000_0000], &mut out), Err(DecodeError::InvalidHuffman));
         // '0' then 3 one bits: valid.
         out.clear();
         assert_eq!(decode(&[0b0000_0111], &mut out), Ok(()));
         assert_eq!(out, b"0");
         // A whole byte of padding is more than 7 bits.
         assert_eq!(decode(&[0xff], &mut out), Err(DecodeError::InvalidHuffman));
-        assert_eq!(
-            decode(&[0b0000_0111, 0xff], &mut out),
-            Err(DecodeError::InvalidHuffman)
-        );
+        assert_eq!(decode(&[0b0000_0111, 0xff], &mut out), Err(DecodeError::InvalidHuffman));
         // EOS itself (30 ones) followed by two padding ones.
-        assert_eq!(
-            decode(&[0xff; 4], &mut out),
-            Err(DecodeError::InvalidHuffman)
-        );
+        assert_eq!(decode(&[0xff; 4], &mut out), Err(DecodeError::InvalidHuffman));
         // A long code cut short by the end of input ('\\' is 19 bits; give 16 of them).
-        assert_eq!(
-            decode(&[0xff, 0xfe], &mut out),
-            Err(DecodeError::InvalidHuffman)
-        );
+        assert_eq!(decode(&[0xff, 0xfe], &mut out), Err(DecodeError::InvalidHuffman));
         // Empty input is the empty string.
         out.clear();
         assert_eq!(decode(&[], &mut out), Ok(()));

@@ -81,17 +81,10 @@ const INTEGER_VALUE_MAX: u64 = u32::MAX as u64;
 /// Appends `value` as an HPACK integer (RFC 7541 §5.1) with an N-bit prefix; the bits of
 /// `first_byte_flags` above the prefix are the representation's pattern (e.g. 0x80 for indexed).
 pub fn encode_integer(value: usize, prefix_bits: u8, first_byte_flags: u8, dst: &mut Vec<u8>) {
-    debug_assert!(
-        (1..=8).contains(&prefix_bits),
-        "prefix of {prefix_bits} bits"
-    );
+    debug_assert!((1..=8).contains(&prefix_bits), "prefix of {prefix_bits} bits");
     let prefix_bits = prefix_bits.clamp(1, 8);
     let max_prefix = (1usize << prefix_bits) - 1;
-    let flags = if prefix_bits == 8 {
-        0
-    } else {
-        first_byte_flags & !(max_prefix as u8)
-    };
+    let flags = if prefix_bits == 8 { 0 } else { first_byte_flags & !(max_prefix as u8) };
     if value < max_prefix {
         dst.push(flags | value as u8);
         return;
@@ -203,17 +196,8 @@ impl Decoder {
     /// been processed (so the dynamic table is in step with the peer's) but `f` was not called for
     /// the field that crossed the limit nor for any after it. On any other error the block was
     /// malformed, the table state is undefined and the connection must be closed.
-    pub fn decode(
-        &mut self,
-        block: &[u8],
-        mut f: impl FnMut(&[u8], &[u8]),
-    ) -> Result<(), DecodeError> {
-        let Self {
-            table,
-            max_table_size,
-            max_header_list_size,
-            scratch,
-        } = self;
+    pub fn decode(&mut self, block: &[u8], mut f: impl FnMut(&[u8], &[u8])) -> Result<(), DecodeError> {
+        let Self { table, max_table_size, max_header_list_size, scratch } = self;
         let mut pos = 0;
         let mut seen_field = false;
         let mut list_size: usize = 0;
@@ -313,9 +297,7 @@ fn lookup(table: &DynamicTable, index: usize) -> Result<(&[u8], &[u8]), DecodeEr
     if index <= STATIC_LEN {
         return static_get(index).ok_or(DecodeError::InvalidIndex);
     }
-    table
-        .get(index - STATIC_LEN - 1)
-        .ok_or(DecodeError::InvalidIndex)
+    table.get(index - STATIC_LEN - 1).ok_or(DecodeError::InvalidIndex)
 }
 
 /// Reads a string literal (§5.2) at `*pos`; a Huffman one is decoded onto the end of `scratch`.
@@ -376,11 +358,7 @@ pub struct Encoder {
 impl Encoder {
     /// An encoder whose table size is the HTTP/2 default, 4096.
     pub fn new() -> Self {
-        Self {
-            table: DynamicTable::new(DEFAULT_TABLE_SIZE.min(ENCODER_TABLE_SIZE_MAX)),
-            huffman: true,
-            pending: None,
-        }
+        Self { table: DynamicTable::new(DEFAULT_TABLE_SIZE.min(ENCODER_TABLE_SIZE_MAX)), huffman: true, pending: None }
     }
 
     /// Enables (the default) or disables Huffman coding of string literals. Enabled, a string is
@@ -400,10 +378,7 @@ impl Encoder {
                 p.last = size;
             }
             None if size != self.table.capacity() => {
-                self.pending = Some(PendingSizeUpdate {
-                    min: size,
-                    last: size,
-                });
+                self.pending = Some(PendingSizeUpdate { min: size, last: size });
             }
             None => {}
         }
@@ -430,11 +405,7 @@ impl Encoder {
 
     /// Encodes a whole header block: pending size updates, then each field. Fields are indexed
     /// incrementally except credentials (see [`default_indexing`]).
-    pub fn encode<'a>(
-        &mut self,
-        fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
-        dst: &mut Vec<u8>,
-    ) {
+    pub fn encode<'a>(&mut self, fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>, dst: &mut Vec<u8>) {
         self.begin_block(dst);
         for (name, value) in fields {
             self.encode_field(name, value, default_indexing(name, value), dst);
@@ -447,13 +418,7 @@ impl Encoder {
     ///
     /// With `Incremental`, the field is added to the dynamic table, unless it is larger than the
     /// whole table: adding it would only empty the table, so it is sent without indexing instead.
-    pub fn encode_field(
-        &mut self,
-        name: &[u8],
-        value: &[u8],
-        indexing: Indexing,
-        dst: &mut Vec<u8>,
-    ) {
+    pub fn encode_field(&mut self, name: &[u8], value: &[u8], indexing: Indexing, dst: &mut Vec<u8>) {
         let (static_full, static_name) = static_find(name, value);
         if indexing != Indexing::Never {
             if let Some(index) = static_full {

@@ -185,10 +185,7 @@ pub(crate) struct DynamicTable {
 
 impl DynamicTable {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            ..Self::default()
-        }
+        Self { capacity, ..Self::default() }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -261,11 +258,7 @@ impl DynamicTable {
         let off = self.bytes.len();
         self.bytes.extend_from_slice(name);
         self.bytes.extend_from_slice(value);
-        self.push(Entry {
-            off,
-            name_len: name.len(),
-            value_len: value.len(),
-        });
+        self.push(Entry { off, name_len: name.len(), value_len: value.len() });
     }
 
     /// Adds an entry whose name is that of the entry at 0-based `index`. The name is copied before
@@ -275,11 +268,7 @@ impl DynamicTable {
         let Some(newest) = self.entries.len().checked_sub(1) else {
             return false;
         };
-        let Some(source) = newest
-            .checked_sub(index)
-            .and_then(|i| self.entries.get(i))
-            .copied()
-        else {
+        let Some(source) = newest.checked_sub(index).and_then(|i| self.entries.get(i)).copied() else {
             return false;
         };
         let new_size = source.name_len + value.len() + ENTRY_OVERHEAD;
@@ -299,11 +288,7 @@ impl DynamicTable {
         self.bytes.extend_from_within(name_range);
         self.bytes.extend_from_slice(value);
         self.evict_to(self.capacity - new_size);
-        self.push(Entry {
-            off,
-            name_len: source.name_len,
-            value_len: value.len(),
-        });
+        self.push(Entry { off, name_len: source.name_len, value_len: value.len() });
         true
     }
 
@@ -380,10 +365,7 @@ mod tests {
             let index = i + 1;
             let (full, by_name) = static_find(name, value);
             assert_eq!(full, Some(index), "{}", String::from_utf8_lossy(name));
-            let first = STATIC_TABLE
-                .iter()
-                .position(|(n, _)| n == name)
-                .map(|p| p + 1);
+            let first = STATIC_TABLE.iter().position(|(n, _)| n == name).map(|p| p + 1);
             assert_eq!(by_name, first);
         }
         assert_eq!(static_find(b"grpc-status", b"0"), (None, None));
@@ -409,9 +391,7 @@ mod tests {
             }
             assert!(t.size() <= 200);
             assert!(t.bytes_len() <= 3 * 200, "bytes {}", t.bytes_len());
-            let sum: usize = (0..t.len())
-                .map(|k| t.get(k).map(|(n, v)| n.len() + v.len() + 32).unwrap())
-                .sum();
+            let sum: usize = (0..t.len()).map(|k| t.get(k).map(|(n, v)| n.len() + v.len() + 32).unwrap()).sum();
             assert_eq!(sum, t.size());
         }
     }

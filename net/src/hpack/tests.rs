@@ -8,10 +8,7 @@ use super::*;
 fn hex(s: &str) -> Vec<u8> {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
     assert_eq!(s.len() % 2, 0);
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
 
 type Fields = Vec<(Vec<u8>, Vec<u8>)>;
@@ -23,27 +20,20 @@ fn decode_all(d: &mut Decoder, block: &[u8]) -> Result<Fields, DecodeError> {
 }
 
 fn fields(list: &[(&str, &str)]) -> Fields {
-    list.iter()
-        .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
-        .collect()
+    list.iter().map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
 }
 
 fn table_entries(t: &DynamicTable) -> Vec<(String, String)> {
     (0..t.len())
         .map(|i| {
             let (n, v) = t.get(i).unwrap();
-            (
-                String::from_utf8(n.to_vec()).unwrap(),
-                String::from_utf8(v.to_vec()).unwrap(),
-            )
+            (String::from_utf8(n.to_vec()).unwrap(), String::from_utf8(v.to_vec()).unwrap())
         })
         .collect()
 }
 
 fn owned(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect()
+    list.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
 }
 
 #[test]
@@ -68,27 +58,10 @@ fn c1_integers() {
 #[test]
 fn integer_edges() {
     for prefix in 1..=8u8 {
-        for value in [
-            0usize,
-            1,
-            30,
-            31,
-            127,
-            128,
-            254,
-            255,
-            256,
-            1 << 14,
-            1 << 21,
-            u32::MAX as usize,
-        ] {
+        for value in [0usize, 1, 30, 31, 127, 128, 254, 255, 256, 1 << 14, 1 << 21, u32::MAX as usize] {
             let mut buf = Vec::new();
             encode_integer(value, prefix, 0, &mut buf);
-            assert_eq!(
-                decode_integer(&buf, prefix),
-                Ok((value, buf.len())),
-                "{value} in {prefix}"
-            );
+            assert_eq!(decode_integer(&buf, prefix), Ok((value, buf.len())), "{value} in {prefix}");
         }
     }
     // u32::MAX + 1 does not fit.
@@ -96,18 +69,9 @@ fn integer_edges() {
     encode_integer(u32::MAX as usize + 1, 5, 0, &mut buf);
     assert_eq!(decode_integer(&buf, 5), Err(DecodeError::IntegerOverflow));
     // Zero-valued continuation bytes still count towards the limit.
-    assert_eq!(
-        decode_integer(&[0x1f, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00], 5),
-        Err(DecodeError::IntegerOverflow)
-    );
-    assert_eq!(
-        decode_integer(&[0x1f, 0x80, 0x80, 0x80, 0x80, 0x00], 5),
-        Ok((31, 6))
-    );
-    assert_eq!(
-        decode_integer(&[0x1f, 0x80], 5),
-        Err(DecodeError::Truncated)
-    );
+    assert_eq!(decode_integer(&[0x1f, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00], 5), Err(DecodeError::IntegerOverflow));
+    assert_eq!(decode_integer(&[0x1f, 0x80, 0x80, 0x80, 0x80, 0x00], 5), Ok((31, 6)));
+    assert_eq!(decode_integer(&[0x1f, 0x80], 5), Err(DecodeError::Truncated));
     assert_eq!(decode_integer(&[], 5), Err(DecodeError::Truncated));
 }
 
@@ -116,33 +80,19 @@ fn c2_single_representations() {
     // C.2.1: literal with indexing.
     let mut d = Decoder::new(4096);
     let block = hex("400a 6375 7374 6f6d 2d6b 6579 0d63 7573 746f 6d2d 6865 6164 6572");
-    assert_eq!(
-        decode_all(&mut d, &block).unwrap(),
-        fields(&[("custom-key", "custom-header")])
-    );
-    assert_eq!(
-        table_entries(&d.table),
-        owned(&[("custom-key", "custom-header")])
-    );
+    assert_eq!(decode_all(&mut d, &block).unwrap(), fields(&[("custom-key", "custom-header")]));
+    assert_eq!(table_entries(&d.table), owned(&[("custom-key", "custom-header")]));
     assert_eq!(d.dynamic_table_size(), 55);
     let mut e = Encoder::new();
     e.set_huffman(false);
     let mut out = Vec::new();
-    e.encode_field(
-        b"custom-key",
-        b"custom-header",
-        Indexing::Incremental,
-        &mut out,
-    );
+    e.encode_field(b"custom-key", b"custom-header", Indexing::Incremental, &mut out);
     assert_eq!(out, block);
 
     // C.2.2: literal without indexing.
     let mut d = Decoder::new(4096);
     let block = hex("040c 2f73 616d 706c 652f 7061 7468");
-    assert_eq!(
-        decode_all(&mut d, &block).unwrap(),
-        fields(&[(":path", "/sample/path")])
-    );
+    assert_eq!(decode_all(&mut d, &block).unwrap(), fields(&[(":path", "/sample/path")]));
     assert_eq!(d.dynamic_table_size(), 0);
     let mut out = Vec::new();
     e.encode_field(b":path", b"/sample/path", Indexing::Without, &mut out);
@@ -151,10 +101,7 @@ fn c2_single_representations() {
     // C.2.3: literal never indexed.
     let mut d = Decoder::new(4096);
     let block = hex("1008 7061 7373 776f 7264 0673 6563 7265 74");
-    assert_eq!(
-        decode_all(&mut d, &block).unwrap(),
-        fields(&[("password", "secret")])
-    );
+    assert_eq!(decode_all(&mut d, &block).unwrap(), fields(&[("password", "secret")]));
     assert_eq!(d.dynamic_table_size(), 0);
     let mut out = Vec::new();
     e.encode_field(b"password", b"secret", Indexing::Never, &mut out);
@@ -162,10 +109,7 @@ fn c2_single_representations() {
 
     // C.2.4: indexed.
     let mut d = Decoder::new(4096);
-    assert_eq!(
-        decode_all(&mut d, &[0x82]).unwrap(),
-        fields(&[(":method", "GET")])
-    );
+    assert_eq!(decode_all(&mut d, &[0x82]).unwrap(), fields(&[(":method", "GET")]));
     assert_eq!(d.dynamic_table_size(), 0);
     let mut out = Vec::new();
     e.encode_field(b":method", b"GET", Indexing::Incremental, &mut out);
@@ -195,11 +139,7 @@ fn run_sequence(table_size: usize, huffman: bool, steps: &[Step]) {
     }
     for (i, step) in steps.iter().enumerate() {
         let wire = hex(step.wire);
-        assert_eq!(
-            decode_all(&mut d, &wire).unwrap(),
-            fields(step.headers),
-            "step {i}"
-        );
+        assert_eq!(decode_all(&mut d, &wire).unwrap(), fields(step.headers), "step {i}");
         assert_eq!(table_entries(&d.table), owned(step.table), "step {i}");
         assert_eq!(d.dynamic_table_size(), step.size, "step {i}");
 
@@ -209,21 +149,13 @@ fn run_sequence(table_size: usize, huffman: bool, steps: &[Step]) {
             e.encode_field(n.as_bytes(), v.as_bytes(), Indexing::Incremental, &mut out);
         }
         assert_eq!(out, wire, "encoding step {i}");
-        assert_eq!(
-            table_entries(&e.table),
-            owned(step.table),
-            "encoder step {i}"
-        );
+        assert_eq!(table_entries(&e.table), owned(step.table), "encoder step {i}");
         assert_eq!(e.dynamic_table_size(), step.size);
     }
 }
 
-const REQ1: &[(&str, &str)] = &[
-    (":method", "GET"),
-    (":scheme", "http"),
-    (":path", "/"),
-    (":authority", "www.example.com"),
-];
+const REQ1: &[(&str, &str)] =
+    &[(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "www.example.com")];
 const REQ2: &[(&str, &str)] = &[
     (":method", "GET"),
     (":scheme", "http"),
@@ -239,15 +171,9 @@ const REQ3: &[(&str, &str)] = &[
     ("custom-key", "custom-value"),
 ];
 const REQ_TABLE1: &[(&str, &str)] = &[(":authority", "www.example.com")];
-const REQ_TABLE2: &[(&str, &str)] = &[
-    ("cache-control", "no-cache"),
-    (":authority", "www.example.com"),
-];
-const REQ_TABLE3: &[(&str, &str)] = &[
-    ("custom-key", "custom-value"),
-    ("cache-control", "no-cache"),
-    (":authority", "www.example.com"),
-];
+const REQ_TABLE2: &[(&str, &str)] = &[("cache-control", "no-cache"), (":authority", "www.example.com")];
+const REQ_TABLE3: &[(&str, &str)] =
+    &[("custom-key", "custom-value"), ("cache-control", "no-cache"), (":authority", "www.example.com")];
 
 #[test]
 fn c3_requests_without_huffman() {
@@ -261,12 +187,7 @@ fn c3_requests_without_huffman() {
                 table: REQ_TABLE1,
                 size: 57,
             },
-            Step {
-                wire: "8286 84be 5808 6e6f 2d63 6163 6865",
-                headers: REQ2,
-                table: REQ_TABLE2,
-                size: 110,
-            },
+            Step { wire: "8286 84be 5808 6e6f 2d63 6163 6865", headers: REQ2, table: REQ_TABLE2, size: 110 },
             Step {
                 wire: "8287 85bf 400a 6375 7374 6f6d 2d6b 6579 0c63 7573 746f 6d2d 7661 6c75 65",
                 headers: REQ3,
@@ -283,18 +204,8 @@ fn c4_requests_with_huffman() {
         4096,
         true,
         &[
-            Step {
-                wire: "8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff",
-                headers: REQ1,
-                table: REQ_TABLE1,
-                size: 57,
-            },
-            Step {
-                wire: "8286 84be 5886 a8eb 1064 9cbf",
-                headers: REQ2,
-                table: REQ_TABLE2,
-                size: 110,
-            },
+            Step { wire: "8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff", headers: REQ1, table: REQ_TABLE1, size: 57 },
+            Step { wire: "8286 84be 5886 a8eb 1064 9cbf", headers: REQ2, table: REQ_TABLE2, size: 110 },
             Step {
                 wire: "8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf",
                 headers: REQ3,
@@ -309,18 +220,10 @@ const DATE1: &str = "Mon, 21 Oct 2013 20:13:21 GMT";
 const DATE2: &str = "Mon, 21 Oct 2013 20:13:22 GMT";
 const LOCATION: &str = "https://www.example.com";
 const COOKIE: &str = "foo=ASDJKHQKBZXOQWEOPIUAXQWEOIU; max-age=3600; version=1";
-const RESP1: &[(&str, &str)] = &[
-    (":status", "302"),
-    ("cache-control", "private"),
-    ("date", DATE1),
-    ("location", LOCATION),
-];
-const RESP2: &[(&str, &str)] = &[
-    (":status", "307"),
-    ("cache-control", "private"),
-    ("date", DATE1),
-    ("location", LOCATION),
-];
+const RESP1: &[(&str, &str)] =
+    &[(":status", "302"), ("cache-control", "private"), ("date", DATE1), ("location", LOCATION)];
+const RESP2: &[(&str, &str)] =
+    &[(":status", "307"), ("cache-control", "private"), ("date", DATE1), ("location", LOCATION)];
 const RESP3: &[(&str, &str)] = &[
     (":status", "200"),
     ("cache-control", "private"),
@@ -329,23 +232,11 @@ const RESP3: &[(&str, &str)] = &[
     ("content-encoding", "gzip"),
     ("set-cookie", COOKIE),
 ];
-const RESP_TABLE1: &[(&str, &str)] = &[
-    ("location", LOCATION),
-    ("date", DATE1),
-    ("cache-control", "private"),
-    (":status", "302"),
-];
-const RESP_TABLE2: &[(&str, &str)] = &[
-    (":status", "307"),
-    ("location", LOCATION),
-    ("date", DATE1),
-    ("cache-control", "private"),
-];
-const RESP_TABLE3: &[(&str, &str)] = &[
-    ("set-cookie", COOKIE),
-    ("content-encoding", "gzip"),
-    ("date", DATE2),
-];
+const RESP_TABLE1: &[(&str, &str)] =
+    &[("location", LOCATION), ("date", DATE1), ("cache-control", "private"), (":status", "302")];
+const RESP_TABLE2: &[(&str, &str)] =
+    &[(":status", "307"), ("location", LOCATION), ("date", DATE1), ("cache-control", "private")];
+const RESP_TABLE3: &[(&str, &str)] = &[("set-cookie", COOKIE), ("content-encoding", "gzip"), ("date", DATE2)];
 
 #[test]
 fn c5_responses_without_huffman() {
@@ -440,11 +331,8 @@ fn size_updates_go_down_then_up() {
 fn steady_state_response_headers_become_one_byte_each() {
     let mut e = Encoder::new();
     let mut d = Decoder::default();
-    let response: [(&[u8], &[u8]); 3] = [
-        (b":status", b"200"),
-        (b"content-type", b"application/grpc"),
-        (b"grpc-status", b"0"),
-    ];
+    let response: [(&[u8], &[u8]); 3] =
+        [(b":status", b"200"), (b"content-type", b"application/grpc"), (b"grpc-status", b"0")];
     let mut first = Vec::new();
     e.encode(response, &mut first);
     assert_eq!(first[0], 0x88);
@@ -454,14 +342,7 @@ fn steady_state_response_headers_become_one_byte_each() {
         e.encode(response, &mut block);
         assert_eq!(block.len(), 3, "{block:02x?}");
         let got = decode_all(&mut d, &block).unwrap();
-        assert_eq!(
-            got,
-            fields(&[
-                (":status", "200"),
-                ("content-type", "application/grpc"),
-                ("grpc-status", "0")
-            ])
-        );
+        assert_eq!(got, fields(&[(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "0")]));
     }
 }
 
@@ -477,19 +358,10 @@ fn never_indexed_fields_are_not_matched_nor_added() {
     assert_eq!(out[1], 23 - 15);
     assert_eq!(e.dynamic_table_size(), 13 + 6 + 32);
     // encode() picks Never for credentials by itself.
-    assert_eq!(
-        default_indexing(b"authorization", b"Bearer x"),
-        Indexing::Never
-    );
+    assert_eq!(default_indexing(b"authorization", b"Bearer x"), Indexing::Never);
     assert_eq!(default_indexing(b"cookie", b"a=b"), Indexing::Never);
-    assert_eq!(
-        default_indexing(b"cookie", &[b'a'; 40]),
-        Indexing::Incremental
-    );
-    assert_eq!(
-        default_indexing(b"grpc-status", b"0"),
-        Indexing::Incremental
-    );
+    assert_eq!(default_indexing(b"cookie", &[b'a'; 40]), Indexing::Incremental);
+    assert_eq!(default_indexing(b"grpc-status", b"0"), Indexing::Incremental);
 }
 
 #[test]
@@ -498,10 +370,7 @@ fn fields_larger_than_the_table_are_not_indexed() {
     let mut d = Decoder::default();
     let big = vec![b'v'; 5000];
     let mut out = Vec::new();
-    e.encode(
-        [(&b"x-small"[..], &b"1"[..]), (&b"x-big"[..], &big[..])],
-        &mut out,
-    );
+    e.encode([(&b"x-small"[..], &b"1"[..]), (&b"x-big"[..], &big[..])], &mut out);
     let got = decode_all(&mut d, &out).unwrap();
     assert_eq!(got.len(), 2);
     assert_eq!(got[1].1, big);

@@ -30,10 +30,7 @@ pub struct Found {
 
 impl Default for KeyIndex {
     fn default() -> Self {
-        Self {
-            modified: Revision::default(),
-            generations: vec![Generation::default()],
-        }
+        Self { modified: Revision::default(), generations: vec![Generation::default()] }
     }
 }
 
@@ -70,11 +67,7 @@ impl KeyIndex {
     pub fn get(&self, at: i64) -> Option<Found> {
         let g = self.find_generation(at)?;
         let idx = g.revs.iter().rposition(|r| r.main <= at)?;
-        Some(Found {
-            modified: g.revs[idx],
-            created: g.created,
-            version: g.ver - (g.revs.len() - idx - 1) as i64,
-        })
+        Some(Found { modified: g.revs[idx], created: g.created, version: g.ver - (g.revs.len() - idx - 1) as i64 })
     }
 
     fn find_generation(&self, at: i64) -> Option<&Generation> {
@@ -156,57 +149,15 @@ mod tests {
     fn get_walks_generations() {
         let ki = sample();
         assert_eq!(ki.get(1), None);
-        assert_eq!(
-            ki.get(2),
-            Some(Found {
-                modified: r(2),
-                created: r(2),
-                version: 1
-            })
-        );
-        assert_eq!(
-            ki.get(5),
-            Some(Found {
-                modified: r(4),
-                created: r(2),
-                version: 2
-            })
-        );
+        assert_eq!(ki.get(2), Some(Found { modified: r(2), created: r(2), version: 1 }));
+        assert_eq!(ki.get(5), Some(Found { modified: r(4), created: r(2), version: 2 }));
         assert_eq!(ki.get(6), None, "deleted at 6");
         assert_eq!(ki.get(7), None);
-        assert_eq!(
-            ki.get(9),
-            Some(Found {
-                modified: r(8),
-                created: r(8),
-                version: 1
-            })
-        );
-        assert_eq!(
-            ki.get(11),
-            Some(Found {
-                modified: r(10),
-                created: r(8),
-                version: 2
-            })
-        );
+        assert_eq!(ki.get(9), Some(Found { modified: r(8), created: r(8), version: 1 }));
+        assert_eq!(ki.get(11), Some(Found { modified: r(10), created: r(8), version: 2 }));
         assert_eq!(ki.get(12), None);
-        assert_eq!(
-            ki.get(15),
-            Some(Found {
-                modified: r(14),
-                created: r(14),
-                version: 1
-            })
-        );
-        assert_eq!(
-            ki.get(100),
-            Some(Found {
-                modified: r(16),
-                created: r(14),
-                version: 2
-            })
-        );
+        assert_eq!(ki.get(15), Some(Found { modified: r(14), created: r(14), version: 1 }));
+        assert_eq!(ki.get(100), Some(Found { modified: r(16), created: r(14), version: 2 }));
         assert!(ki.is_live());
     }
 
@@ -218,26 +169,15 @@ mod tests {
         assert_eq!(ki.compact(5), Some(r(4)));
         assert_eq!(ki.get(5).map(|f| f.modified), Some(r(4)));
         assert_eq!(ki.generations[0].revs, [r(4), r(6)]);
-        assert_eq!(
-            ki.compact(6),
-            None,
-            "deleted at 6: nothing of that incarnation is needed"
-        );
+        assert_eq!(ki.compact(6), None, "deleted at 6: nothing of that incarnation is needed");
         assert_eq!(ki.generations[0].revs, [r(8), r(10), r(12)]);
         assert_eq!(ki.compact(11), Some(r(10)));
-        assert_eq!(
-            ki.get(11).map(|f| (f.modified, f.version)),
-            Some((r(10), 2))
-        );
+        assert_eq!(ki.get(11).map(|f| (f.modified, f.version)), Some((r(10), 2)));
         assert_eq!(ki.compact(13), None);
         assert_eq!(ki.generations.len(), 1);
         assert_eq!(ki.compact(16), Some(r(16)));
         assert_eq!(ki.generations[0].revs, [r(16)]);
-        assert_eq!(
-            ki.get(16).map(|f| f.version),
-            Some(2),
-            "version survives compaction"
-        );
+        assert_eq!(ki.get(16).map(|f| f.version), Some(2), "version survives compaction");
     }
 
     #[test]

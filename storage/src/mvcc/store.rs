@@ -74,6 +74,9 @@ pub struct Event {
 
 pub struct Store {
     rev: i64,
+    /// While a write request that has changed something is open: its revision, which reads
+    /// through it see as current.
+    pending: i64,
     compacted: i64,
     keys: BTreeMap<Arc<[u8]>, Entry>,
     log: BTreeMap<Revision, Arc<Record>>,
@@ -92,6 +95,7 @@ impl Store {
     pub fn new() -> Self {
         Self {
             rev: 1,
+            pending: 0,
             compacted: 0,
             keys: BTreeMap::new(),
             log: BTreeMap::new(),
@@ -125,10 +129,11 @@ impl Store {
 
     /// Validates a read revision: ≤ 0 means current.
     pub fn read_revision(&self, rev: i64) -> Result<i64, MvccError> {
+        let current = self.rev.max(self.pending);
         if rev <= 0 {
-            return Ok(self.rev);
+            return Ok(current);
         }
-        if rev > self.rev {
+        if rev > current {
             return Err(MvccError::FutureRev);
         }
         if rev < self.compacted {
@@ -137,10 +142,7 @@ impl Store {
         Ok(rev)
     }
 
-    fn entries<'s>(
-        &'s self,
-        range: KeyRange<'_>,
-    ) -> Box<dyn Iterator<Item = (&'s Arc<[u8]>, &'s Entry)> + 's> {
+    fn entries<'s>(&'s self, range: KeyRange<'_>) -> Box<dyn Iterator<Item = (&'s Arc<[u8]>, &'s Entry)> + 's> {
         match range {
             KeyRange::Empty => Box::new(std::iter::empty()),
             KeyRange::One(k) => Box::new(self.keys.get_key_value(k).into_iter()),
@@ -156,7 +158,8 @@ impl Store {
 
     /// The record of a key at `rev` (already validated), if it existed then.
     fn at<'s>(&'s self, e: &'s Entry, rev: i64) -> Option<&'s Arc<Record>> {
-        if rev == self.rev {
+        if e.index.modified.main <= rev {
+            // Not modified since `rev`: its state then is its state now.
             return e.current.as_ref();
         }
         let found = e.index.get(rev)?;
@@ -174,7 +177,7 @@ impl Store {
         key: &[u8],
         range_end: &[u8],
         opts: &RangeOptions,
-        out: &mut Vec<&'s Record>,
+        out: &mut Vec<&'s Arc<Record>>,
     ) -> Result<RangeOut, MvccError> {
         let rev = self.read_revision(opts.rev)?;
         let range = KeyRange::new(key, range_end);
@@ -189,11 +192,7 @@ impl Store {
         }
         let sorted = order != SortOrder::None;
         // Without sorting or filters only limit + 1 records are needed (to learn `more`).
-        let fetch = if opts.limit > 0 && !sorted && !filtered {
-            opts.limit as usize + 1
-        } else {
-            usize::MAX
-        };
+        let fetch = if opts.limit > 0 && !sorted && !filtered { opts.limit as usize + 1 } else { usize::MAX };
         let start = out.len();
         let mut count = 0i64;
         for (_, e) in self.entries(range) {
@@ -214,7 +213,7 @@ impl Store {
             // Stable over key order, so ties keep ascending keys in both directions (what etcd's
             // insertion sort does for the small results clients sort).
             let rs = &mut out[start..];
-            let cmp: fn(&&Record, &&Record) -> std::cmp::Ordering = match opts.sort_target {
+            let cmp: fn(&&Arc<Record>, &&Arc<Record>) -> std::cmp::Ordering = match opts.sort_target {
                 SortTarget::Key => |a, b| a.key.cmp(&b.key),
                 SortTarget::Version => |a, b| a.version.cmp(&b.version),
                 SortTarget::Create => |a, b| a.create_revision.cmp(&b.create_revision),
@@ -238,12 +237,7 @@ impl Store {
     /// Starts a write request; its changes share the next revision.
     pub fn write(&mut self) -> WriteTxn<'_> {
         let main = self.rev + 1;
-        WriteTxn {
-            store: self,
-            main,
-            sub: 0,
-            events: Vec::new(),
-        }
+        WriteTxn { store: self, main, sub: 0, events: Vec::new() }
     }
 
     /// Drops history superseded before `at` (reference §3.7).
@@ -263,12 +257,7 @@ impl Store {
         });
         let doomed: Vec<Revision> = self
             .log
-            .range(
-                ..=Revision {
-                    main: at,
-                    sub: i64::MAX,
-                },
-            )
+            .range(..=Revision { main: at, sub: i64::MAX })
             .map(|(r, _)| *r)
             .filter(|r| !keep.contains(r))
             .collect();
@@ -313,11 +302,9 @@ impl WriteTxn<'_> {
     }
 
     fn next_rev(&mut self) -> Revision {
-        let r = Revision {
-            main: self.main,
-            sub: self.sub,
-        };
+        let r = Revision { main: self.main, sub: self.sub };
         self.sub += 1;
+        self.store.pending = self.main;
         r
     }
 
@@ -328,12 +315,7 @@ impl WriteTxn<'_> {
 
     /// Puts a key. `value`/`lease` of None keep the current ones (ignore_value / ignore_lease;
     /// the caller has checked the key exists). Returns the previous record.
-    pub fn put(
-        &mut self,
-        key: &[u8],
-        value: Option<&[u8]>,
-        lease: Option<i64>,
-    ) -> Option<Arc<Record>> {
+    pub fn put(&mut self, key: &[u8], value: Option<&[u8]>, lease: Option<i64>) -> Option<Arc<Record>> {
         let rev = self.next_rev();
         let store = &mut *self.store;
         let (k, e) = match store.keys.get_key_value(key) {
@@ -344,10 +326,7 @@ impl WriteTxn<'_> {
             }
             None => {
                 let k: Arc<[u8]> = Arc::from(key);
-                let e = store.keys.entry(k.clone()).or_insert(Entry {
-                    index: KeyIndex::default(),
-                    current: None,
-                });
+                let e = store.keys.entry(k.clone()).or_insert(Entry { index: KeyIndex::default(), current: None });
                 (k, e)
             }
         };
@@ -372,29 +351,18 @@ impl WriteTxn<'_> {
             store.live_keys += 1;
         }
         self.append(rev, rec.clone());
-        self.events.push(Event {
-            kind: EventKind::Put,
-            kv: rec,
-            prev: prev.clone(),
-        });
+        self.events.push(Event { kind: EventKind::Put, kv: rec, prev: prev.clone() });
         prev
     }
 
     /// Deletes every live key in the range, in key order; returns their previous records.
     pub fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Vec<Arc<Record>> {
         let range = KeyRange::new(key, range_end);
-        let victims: Vec<Arc<Record>> = self
-            .store
-            .entries(range)
-            .filter_map(|(_, e)| e.current.clone())
-            .collect();
+        let victims: Vec<Arc<Record>> = self.store.entries(range).filter_map(|(_, e)| e.current.clone()).collect();
         for prev in &victims {
             let rev = self.next_rev();
             let store = &mut *self.store;
-            let e = store
-                .keys
-                .get_mut(&prev.key[..])
-                .expect("victim is indexed");
+            let e = store.keys.get_mut(&prev.key[..]).expect("victim is indexed");
             e.index.tombstone(rev);
             e.current = None;
             store.live_keys -= 1;
@@ -408,21 +376,24 @@ impl WriteTxn<'_> {
                 tombstone: true,
             });
             self.append(rev, tomb.clone());
-            self.events.push(Event {
-                kind: EventKind::Delete,
-                kv: tomb,
-                prev: Some(prev.clone()),
-            });
+            self.events.push(Event { kind: EventKind::Delete, kv: tomb, prev: Some(prev.clone()) });
         }
         victims
     }
 
     /// Ends the request: if it changed anything, the store moves to its revision. Returns the
-    /// request's events in execution order.
-    pub fn commit(self) -> Vec<Event> {
+    /// request's events in execution order. (Dropping the request ends it the same way: its
+    /// changes are applied as they are made.)
+    pub fn commit(mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+}
+
+impl Drop for WriteTxn<'_> {
+    fn drop(&mut self) {
         if self.sub > 0 {
             self.store.rev = self.main;
         }
-        self.events
+        self.store.pending = 0;
     }
 }
