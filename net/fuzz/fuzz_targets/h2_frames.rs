@@ -1,0 +1,6 @@
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+// The harness (input layout, invariants) is in src/h2_frames.rs, shared with the corpus replay test.
+fuzz_target!(|data: &[u8]| metastore_net_fuzz::h2_frames::run(data));
