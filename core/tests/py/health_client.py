@@ -126,9 +126,9 @@ def main():
     )
     expect_error(
         "unimplemented_service",
-        lambda: raw("/etcdserverpb.KV/Range")(b"", timeout=10),
+        lambda: raw("/no.such.v1.Service/Get")(b"", timeout=10),
         grpc.StatusCode.UNIMPLEMENTED,
-        details="unknown service etcdserverpb.KV",
+        details="unknown service no.such.v1.Service",
     )
     expect_error(
         "unimplemented_method",
