@@ -228,7 +228,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn new(core: &Core, slot: u32, gen: u32) -> Self {
+    pub(crate) fn new(core: &Core, slot: u32, gen: u32) -> Self {
         let cfg = &core.shared.cfg;
         let gcfg = grpc::Config {
             h2: metastore_net::h2::Config { max_concurrent_streams: cfg.max_concurrent_streams, ..Default::default() },
@@ -292,6 +292,37 @@ impl Conn {
         drop(st);
         self.write_ready.notify();
         self.read_ready.notify();
+    }
+}
+
+#[cfg(test)]
+impl Conn {
+    /// Feeds client bytes and dispatches what they hold, as the reader task does; appends the
+    /// output to `out`.
+    pub(crate) fn feed_for_test(&self, core: &Core, input: &[u8], out: &mut Vec<u8>) {
+        let mut st = self.state.borrow_mut();
+        let ConnState { grpc, app, .. } = &mut *st;
+        let used = grpc.recv(input, app);
+        assert_eq!(used, input.len());
+        assert!(st.process(core, std::task::Waker::noop()));
+        drop(st);
+        self.take_output_for_test(out);
+    }
+
+    /// Appends what the connection has to write to `out`.
+    pub(crate) fn take_output_for_test(&self, out: &mut Vec<u8>) {
+        // As the writer task does: swap buffers, so each side keeps its capacity.
+        let mut st = self.state.borrow_mut();
+        if out.is_empty() {
+            st.grpc.h2.take_out(out);
+        } else {
+            let mut tmp = Vec::new();
+            st.grpc.h2.take_out(&mut tmp);
+            out.extend_from_slice(&tmp);
+            tmp.clear();
+            // Hand the (now empty) buffer back so the connection keeps its capacity.
+            st.grpc.h2.take_out(&mut tmp);
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! The MetaStore server: per-core reactors and the rings between them, the data shard, the
 //! services, configuration, and the `metastore` binary's start and stop.
 
+#[cfg(test)]
+mod alloc_test;
 pub mod config;
 pub mod conn;
 pub mod etcd;

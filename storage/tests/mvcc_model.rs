@@ -154,8 +154,8 @@ fn run(seed: u64, steps: usize) {
                     };
                     next.insert(key, kv);
                 }
-                let events = w.commit();
-                assert_eq!(events.len(), touched.len(), "{ctx}");
+                w.commit();
+                assert_eq!(store.last_events().len(), touched.len(), "{ctx}");
                 model.snaps.push(next);
             }
             4..=5 => {
@@ -169,9 +169,9 @@ fn run(seed: u64, steps: usize) {
                 let got_keys: Vec<Vec<u8>> = got.iter().map(|r| r.key.to_vec()).collect();
                 assert_eq!(got_keys, doomed, "{ctx}: deleted keys in key order");
                 let changed = w.changed();
-                let events = w.commit();
+                w.commit();
                 assert_eq!(changed, !doomed.is_empty(), "{ctx}");
-                assert!(events.iter().all(|e| e.kv.tombstone && e.kv.mod_revision == model.rev() + 1));
+                assert!(store.last_events().iter().all(|e| e.kv.tombstone && e.kv.mod_revision == model.rev() + 1));
                 if !doomed.is_empty() {
                     for k in &doomed {
                         next.remove(k);
@@ -243,6 +243,16 @@ fn run(seed: u64, steps: usize) {
             });
             let want = model.range(&key, &end, &o);
             assert_eq!(got, want, "{ctx}: range {key:?}..{end:?} {o:?}");
+            // The streaming form gives the same records and the same count and `more`.
+            let mut streamed = Vec::new();
+            let got_each =
+                store.range_each(&key, &end, &o, |r| streamed.push(r.key.to_vec())).map(|r| (r.count, r.more));
+            let want_keys: Vec<Vec<u8>> =
+                want.as_ref().map(|(kvs, _, _)| kvs.iter().map(|(k, _)| k.clone()).collect()).unwrap_or_default();
+            assert_eq!(got_each, want.as_ref().map(|(_, c, m)| (*c, *m)).map_err(|e| *e), "{ctx}: range_each {o:?}");
+            if got_each.is_ok() {
+                assert_eq!(streamed, want_keys, "{ctx}: range_each {o:?}");
+            }
         }
     }
 }

@@ -200,14 +200,13 @@ pub fn range_options(r: &RangeRequest) -> RangeOptions {
 }
 
 /// Range: served from the store at the requested revision; header.revision is the current one.
+/// Records are encoded as the index yields them, straight into `buf`.
 pub fn range(store: &Store, ids: &Ids, r: &RangeRequest, buf: &mut Vec<u8>) -> Result<(), Status> {
-    let mut recs = Vec::new();
-    let out = store.range(&r.key, &r.range_end, &range_options(r), &mut recs).map_err(errors::mvcc)?;
     let header = Header::full(ids, store.current_revision());
     header.write(buf, 1);
-    for rec in &recs {
-        write_kv(buf, 2, rec, r.keys_only);
-    }
+    let out = store
+        .range_each(&r.key, &r.range_end, &range_options(r), |rec| write_kv(buf, 2, rec, r.keys_only))
+        .map_err(errors::mvcc)?;
     pbw::bool_field(buf, 3, out.more);
     pbw::i64_field(buf, 4, out.count);
     Ok(())

@@ -64,6 +64,23 @@ pub enum EventKind {
     Delete,
 }
 
+/// The index entries of a key range, in key order.
+enum Entries<'s> {
+    One(Option<(&'s Arc<[u8]>, &'s Entry)>),
+    Span(std::collections::btree_map::Range<'s, Arc<[u8]>, Entry>),
+}
+
+impl<'s> Iterator for Entries<'s> {
+    type Item = (&'s Arc<[u8]>, &'s Entry);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Entries::One(x) => x.take(),
+            Entries::Span(r) => r.next(),
+        }
+    }
+}
+
 /// One change of a write, for watchers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
@@ -82,6 +99,8 @@ pub struct Store {
     log: BTreeMap<Revision, Arc<Record>>,
     live_keys: usize,
     log_bytes: usize,
+    /// The last write request's changes (reused: no allocation per write once grown).
+    events: Vec<Event>,
 }
 
 impl Default for Store {
@@ -101,6 +120,7 @@ impl Store {
             log: BTreeMap::new(),
             live_keys: 0,
             log_bytes: 0,
+            events: Vec::new(),
         }
     }
 
@@ -142,16 +162,16 @@ impl Store {
         Ok(rev)
     }
 
-    fn entries<'s>(&'s self, range: KeyRange<'_>) -> Box<dyn Iterator<Item = (&'s Arc<[u8]>, &'s Entry)> + 's> {
+    fn entries<'s>(&'s self, range: KeyRange<'_>) -> Entries<'s> {
         match range {
-            KeyRange::Empty => Box::new(std::iter::empty()),
-            KeyRange::One(k) => Box::new(self.keys.get_key_value(k).into_iter()),
+            KeyRange::Empty => Entries::One(None),
+            KeyRange::One(k) => Entries::One(self.keys.get_key_value(k)),
             KeyRange::Span(start, end) => {
                 let hi = match end {
                     Some(e) => Bound::Excluded(e),
                     None => Bound::Unbounded,
                 };
-                Box::new(self.keys.range::<[u8], _>((Bound::Included(start), hi)))
+                Entries::Span(self.keys.range::<[u8], _>((Bound::Included(start), hi)))
             }
         }
     }
@@ -234,10 +254,45 @@ impl Store {
         Ok(RangeOut { rev, count, more })
     }
 
+    /// Reads a range like [`Store::range`], handing each record to `emit` in order. Without
+    /// sorting or revision filters (the common case) nothing is collected on the way: records
+    /// stream straight from the index.
+    pub fn range_each<'s>(
+        &'s self,
+        key: &[u8],
+        range_end: &[u8],
+        opts: &RangeOptions,
+        mut emit: impl FnMut(&'s Arc<Record>),
+    ) -> Result<RangeOut, MvccError> {
+        let filtered = opts.min_mod_revision != 0
+            || opts.max_mod_revision != 0
+            || opts.min_create_revision != 0
+            || opts.max_create_revision != 0;
+        let sorted = opts.sort_order != SortOrder::None || opts.sort_target != SortTarget::Key;
+        if filtered || sorted {
+            let mut v = Vec::new();
+            let out = self.range(key, range_end, opts, &mut v)?;
+            v.into_iter().for_each(emit);
+            return Ok(out);
+        }
+        let rev = self.read_revision(opts.rev)?;
+        let limit = if opts.limit > 0 { opts.limit } else { i64::MAX };
+        let mut count = 0i64;
+        for (_, e) in self.entries(KeyRange::new(key, range_end)) {
+            let Some(r) = self.at(e, rev) else { continue };
+            if !opts.count_only && count < limit {
+                emit(r);
+            }
+            count += 1;
+        }
+        Ok(RangeOut { rev, count, more: !opts.count_only && count > limit })
+    }
+
     /// Starts a write request; its changes share the next revision.
     pub fn write(&mut self) -> WriteTxn<'_> {
         let main = self.rev + 1;
-        WriteTxn { store: self, main, sub: 0, events: Vec::new() }
+        self.events.clear();
+        WriteTxn { store: self, main, sub: 0 }
     }
 
     /// Drops history superseded before `at` (reference §3.7).
@@ -270,6 +325,11 @@ impl Store {
         Ok(())
     }
 
+    /// The changes of the last write request, in execution order.
+    pub fn last_events(&self) -> &[Event] {
+        &self.events
+    }
+
     /// Records of history from revision `from` on, in revision order (watch replay).
     pub fn history_from(&self, from: i64) -> impl Iterator<Item = (&Revision, &Arc<Record>)> {
         self.log.range(Revision { main: from, sub: 0 }..)
@@ -282,7 +342,6 @@ pub struct WriteTxn<'s> {
     store: &'s mut Store,
     main: i64,
     sub: i64,
-    events: Vec<Event>,
 }
 
 impl WriteTxn<'_> {
@@ -351,7 +410,7 @@ impl WriteTxn<'_> {
             store.live_keys += 1;
         }
         self.append(rev, rec.clone());
-        self.events.push(Event { kind: EventKind::Put, kv: rec, prev: prev.clone() });
+        self.store.events.push(Event { kind: EventKind::Put, kv: rec, prev: prev.clone() });
         prev
     }
 
@@ -376,17 +435,15 @@ impl WriteTxn<'_> {
                 tombstone: true,
             });
             self.append(rev, tomb.clone());
-            self.events.push(Event { kind: EventKind::Delete, kv: tomb, prev: Some(prev.clone()) });
+            self.store.events.push(Event { kind: EventKind::Delete, kv: tomb, prev: Some(prev.clone()) });
         }
         victims
     }
 
-    /// Ends the request: if it changed anything, the store moves to its revision. Returns the
-    /// request's events in execution order. (Dropping the request ends it the same way: its
+    /// Ends the request: if it changed anything, the store moves to its revision, and
+    /// [`Store::last_events`] lists its changes. (Dropping the request ends it the same way: its
     /// changes are applied as they are made.)
-    pub fn commit(mut self) -> Vec<Event> {
-        std::mem::take(&mut self.events)
-    }
+    pub fn commit(self) {}
 }
 
 impl Drop for WriteTxn<'_> {
