@@ -12,8 +12,6 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use metastore_net::frame::{self, flag, kind, PREFACE};
-use metastore_net::hpack;
 use metastore_proto::etcdserverpb as pb;
 use prost::Message;
 
@@ -23,6 +21,7 @@ use crate::notify::WaitList;
 use crate::reactor::{Core, CoreStats, ShardLink, Shared, StopSignal};
 use crate::ring;
 use crate::shard::{MemberInfo, ReplyEnvelope, Shard};
+use crate::test_client::Client;
 
 /// Allocations per Range of one 8-byte key with a 256-byte value, averaged in steady state.
 /// Today (measured 2.00): prost decodes the request's key into a `Bytes` and then copies it
@@ -88,50 +87,6 @@ fn shard() -> Shard {
         peer_urls: vec![],
         client_urls: vec![],
     })
-}
-
-/// A client writing requests on one connection, with its own HPACK state.
-struct Client {
-    enc: hpack::Encoder,
-    next_id: u32,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    fn new() -> Self {
-        // Like a real client, it grants the server all the credit it needs, so responses never
-        // wait for flow control (that path is not the steady state being measured).
-        let mut buf = PREFACE.to_vec();
-        frame::write_settings(&mut buf, &[(frame::setting::INITIAL_WINDOW_SIZE, 1 << 30)]);
-        frame::write_window_update(&mut buf, 0, (1 << 31) - 1 - 65_535);
-        Client { enc: hpack::Encoder::new(), next_id: 1, buf }
-    }
-
-    fn call(&mut self, path: &str, body: &[u8]) {
-        let id = self.next_id;
-        self.next_id += 2;
-        let mut block = Vec::new();
-        self.enc.encode(
-            [
-                (&b":method"[..], &b"POST"[..]),
-                (b":scheme", b"http"),
-                (b":path", path.as_bytes()),
-                (b"content-type", b"application/grpc"),
-                (b"te", b"trailers"),
-            ],
-            &mut block,
-        );
-        frame::write_header(&mut self.buf, block.len(), kind::HEADERS, flag::END_HEADERS, id);
-        self.buf.extend_from_slice(&block);
-        let mut m = vec![0u8];
-        m.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        m.extend_from_slice(body);
-        frame::write_data(&mut self.buf, id, &m, true, 16_384);
-    }
-
-    fn take(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.buf)
-    }
 }
 
 fn put_req() -> pb::PutRequest {

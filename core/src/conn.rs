@@ -263,6 +263,11 @@ impl Conn {
         self.write_ready.notify();
     }
 
+    /// Whether `stream` is still a call waiting on the deadline `at`.
+    pub fn has_deadline(&self, stream: u32, at: Instant) -> bool {
+        self.state.borrow().app.calls.get(&stream).is_some_and(|c| c.deadline == Some(at))
+    }
+
     /// A deadline armed for `stream` passed.
     pub fn on_deadline(&self, core: &Core, stream: u32, at: Instant) {
         let mut st = self.state.borrow_mut();
@@ -719,5 +724,39 @@ mod tests {
         assert!(st.process(&core, waker), "a slot freed: dispatch resumes");
         assert!(st.app.ready.is_empty());
         assert_eq!(shard_rx.len(), 2);
+    }
+
+    #[test]
+    fn finished_calls_do_not_keep_their_deadlines() {
+        use crate::shard::{MemberInfo, Shard};
+        let shared = Arc::new(Shared {
+            cfg: crate::config::Config::default(),
+            driver: "test",
+            stats: vec![CoreStats::default()],
+            stop: StopSignal::new(1),
+        });
+        let shard = Shard::new(MemberInfo {
+            ids: crate::etcd::kv::Ids { cluster_id: 1, member_id: 2, raft_term: 2 },
+            name: "t".into(),
+            peer_urls: vec![],
+            client_urls: vec![],
+        });
+        let link = ShardLink::Local { shard: RefCell::new(shard), inbound: RefCell::new(vec![]) };
+        let core = Core::new(0, shared, link);
+        let conn = core.add_conn(|slot, gen| Rc::new(Conn::new(&core, slot, gen)));
+        let mut client = crate::test_client::Client::new();
+        let mut out = Vec::new();
+        let body = [0u8; 0];
+        for _ in 0..3 * crate::reactor::TIMERS_SWEEP_MIN {
+            client.call_with("/grpc.health.v1.Health/Check", &body, &[(b"grpc-timeout", b"1H")]);
+            conn.feed_for_test(&core, &client.take(), &mut out);
+            out.clear();
+            core.sweep_deadlines();
+        }
+        assert!(
+            core.timers_len() <= crate::reactor::TIMERS_SWEEP_MIN,
+            "an hour-long deadline per finished call stays in the heap: {}",
+            core.timers_len()
+        );
     }
 }

@@ -12,3 +12,5 @@ pub mod reactor;
 pub mod ring;
 pub mod server;
 pub mod shard;
+#[cfg(test)]
+mod test_client;

@@ -24,6 +24,8 @@ use crate::shard::{CallRef, Envelope, Outcome, ReplyEnvelope, Shard};
 /// Requests in flight from one core to the shard, and replies back. A full ring stops the
 /// connections that want to send more from reading.
 pub const SHARD_RING_ENTRIES_MAX: usize = 1024;
+/// Smallest deadline heap that is swept for finished calls.
+pub const TIMERS_SWEEP_MIN: usize = 4096;
 /// Items one task takes from a ring before yielding to the core's other tasks.
 pub const RING_BATCH_MAX: usize = 256;
 
@@ -123,6 +125,9 @@ pub struct Core {
     conns: RefCell<Slab<(u32, Rc<Conn>)>>,
     next_gen: Cell<u32>,
     timers: RefCell<BinaryHeap<Reverse<(Instant, CallRef)>>>,
+    /// Heap size at which finished calls' deadlines are swept out (entries stay until their
+    /// time otherwise, and a client with long deadlines would grow the heap without bound).
+    timers_sweep_at: Cell<usize>,
     timer_notify: LocalNotify,
     /// Health.Watch streams on this core: (call, whether its service name is known).
     pub health_watchers: RefCell<Vec<(CallRef, bool)>>,
@@ -143,6 +148,7 @@ impl Core {
             conns: RefCell::new(Slab::new()),
             next_gen: Cell::new(1),
             timers: RefCell::new(BinaryHeap::new()),
+            timers_sweep_at: Cell::new(TIMERS_SWEEP_MIN),
             timer_notify: LocalNotify::default(),
             health_watchers: RefCell::new(Vec::new()),
             draining: Cell::new(false),
@@ -243,9 +249,31 @@ impl Core {
         let mut timers = self.timers.borrow_mut();
         let earliest = timers.peek().is_none_or(|Reverse((t, _))| at < *t);
         timers.push(Reverse((at, call)));
-        if earliest {
+        if earliest || timers.len() >= self.timers_sweep_at.get() {
             self.timer_notify.notify();
         }
+    }
+
+    /// Drops deadlines of calls that have ended; runs when the heap has doubled since the last
+    /// sweep, so its cost is amortised over the pushes.
+    pub(crate) fn sweep_deadlines(&self) {
+        if self.timers.borrow().len() < self.timers_sweep_at.get() {
+            return;
+        }
+        let entries = std::mem::take(&mut *self.timers.borrow_mut()).into_vec();
+        let live: Vec<_> = entries
+            .into_iter()
+            .filter(|Reverse((at, call))| {
+                self.conn(call.conn_slot, call.conn_gen).is_some_and(|c| c.has_deadline(call.stream, *at))
+            })
+            .collect();
+        let n = live.len();
+        *self.timers.borrow_mut() = BinaryHeap::from(live);
+        self.timers_sweep_at.set((2 * n).max(TIMERS_SWEEP_MIN));
+    }
+
+    pub fn timers_len(&self) -> usize {
+        self.timers.borrow().len()
     }
 
     /// Fires expired deadlines; returns how long until the next one.
@@ -287,6 +315,7 @@ impl Core {
 /// The deadline task: sleeps until the earliest deadline, or until an earlier one is armed.
 pub async fn timer_loop(core: Rc<Core>) {
     loop {
+        core.sweep_deadlines();
         match core.fire_deadlines(Instant::now()) {
             None => core.timer_notify.notified().await,
             Some(wait) => {

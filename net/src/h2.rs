@@ -433,7 +433,7 @@ impl Connection {
         self.recv_window -= flow_len as i64;
         // Connection-level credit is returned whatever becomes of the stream.
         self.recv_unacked += flow_len;
-        if self.recv_unacked >= self.cfg.connection_window_bytes / 2 {
+        if self.recv_unacked > 0 && self.recv_unacked >= self.cfg.connection_window_bytes / 2 {
             frame::write_window_update(&mut self.out, 0, self.recv_unacked);
             self.recv_window += self.recv_unacked as i64;
             self.recv_unacked = 0;
@@ -470,7 +470,7 @@ impl Connection {
             s.recv_closed = true;
         } else {
             s.recv_unacked += flow_len;
-            if s.recv_unacked >= stream_window / 2 {
+            if s.recv_unacked > 0 && s.recv_unacked >= stream_window / 2 {
                 frame::write_window_update(&mut self.out, id, s.recv_unacked);
                 s.recv_unacked = 0;
             }
