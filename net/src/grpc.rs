@@ -460,8 +460,17 @@ impl<S: Service> h2::Handler for Adapter<'_, S> {
             self.fail(id, 200, status);
             return;
         }
-        if let Some(call) = self.calls.get_mut(&id) {
-            call.accepted = true;
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        call.accepted = true;
+        // As grpc-go, once the method is known: a message codec we do not have fails the call
+        // before any message is read (the gRPC compression spec's UNIMPLEMENTED).
+        if let Some(enc) = &call.encoding {
+            let status = Status::new(
+                Code::UNIMPLEMENTED,
+                format!("grpc: Decompressor is not installed for grpc-encoding \"{enc}\""),
+            );
+            self.fail(id, 200, status);
+            return;
         }
         if end_stream {
             self.svc.on_half_close(id);
