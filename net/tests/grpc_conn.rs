@@ -301,6 +301,13 @@ fn protocol_failures_answered_like_grpc_go() {
             "grpc: Decompressor is not installed for grpc-encoding \"gzip\"",
         ),
         (
+            "unknown encoding, before any message",
+            |c| c.call(1, "/a.B/C", &[("grpc-encoding", "gzip")]),
+            "200",
+            "12",
+            "grpc: Decompressor is not installed for grpc-encoding \"gzip\"",
+        ),
+        (
             "bad flag byte",
             |c| {
                 c.call(1, "/a.B/C", &[]);
