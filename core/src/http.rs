@@ -8,8 +8,7 @@ use metastore_net::grpc::HttpResponse;
 
 use crate::reactor::Shared;
 
-/// etcd's API level that MetaStore implements, reported to clients.
-pub const ETCD_API_VERSION: &str = "3.5.0";
+use crate::shard::VERSION as ETCD_API_VERSION;
 
 /// The response for a known path; None for anything else.
 pub fn route(shared: &Shared, _method: &[u8], path: &[u8]) -> Option<HttpResponse> {
@@ -23,6 +22,13 @@ pub fn route(shared: &Shared, _method: &[u8], path: &[u8]) -> Option<HttpRespons
                 env!("CARGO_PKG_VERSION")
             )
             .into_bytes(),
+        }),
+        // etcd's body: the server's version and the cluster's (one member: the same).
+        b"/version" => Some(HttpResponse {
+            status: 200,
+            content_type: "application/json",
+            body: format!("{{\"etcdserver\":\"{ETCD_API_VERSION}\",\"etcdcluster\":\"{ETCD_API_VERSION}\"}}")
+                .into_bytes(),
         }),
         b"/metrics" => Some(HttpResponse {
             status: 200,

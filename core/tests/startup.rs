@@ -110,3 +110,14 @@ fn name_sets_the_default_data_dir() {
     assert!(child.wait().unwrap().success());
     assert!(found, "expected {}", urls.display());
 }
+
+#[test]
+fn version_endpoint_reports_the_etcd_api_level() {
+    for driver in common::DRIVERS {
+        let srv = common::TestServer::start(driver, &[]);
+        let (status, body) = common::http_get(srv.addr, "/version").unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body, r#"{"etcdserver":"3.5.0","etcdcluster":"3.5.0"}"#);
+        srv.stop();
+    }
+}
