@@ -2,4 +2,6 @@
 //! one revision per write request, a key index with generations, historical reads, compaction.
 //! It takes no time and does no IO of its own.
 
+pub mod disk;
+pub mod fault;
 pub mod mvcc;

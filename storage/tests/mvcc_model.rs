@@ -85,6 +85,15 @@ impl Model {
             .filter(|(_, kv)| o.min_create_revision == 0 || kv.create >= o.min_create_revision)
             .filter(|(_, kv)| o.max_create_revision == 0 || kv.create <= o.max_create_revision)
             .collect();
+        let filtered = o.min_mod_revision != 0
+            || o.max_mod_revision != 0
+            || o.min_create_revision != 0
+            || o.max_create_revision != 0;
+        if o.limit > 0 && o.sort_order == SortOrder::None && !filtered {
+            // etcd fetches limit + 1 records (key order) unless an order or a filter is given,
+            // and sorts only those by a non-key target.
+            v.truncate(o.limit as usize + 1);
+        }
         let order = if o.sort_order == SortOrder::None && o.sort_target != SortTarget::Key {
             SortOrder::Ascend
         } else {

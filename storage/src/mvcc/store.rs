@@ -94,6 +94,8 @@ pub struct Store {
     /// While a write request that has changed something is open: its revision, which reads
     /// through it see as current.
     pending: i64,
+    /// etcd's compactMainRev: the last compaction's revision, -1 before any (so that, as in
+    /// etcd, a first compaction at revision 0 succeeds and a txn may read at revision -1).
     compacted: i64,
     keys: BTreeMap<Arc<[u8]>, Entry>,
     log: BTreeMap<Revision, Arc<Record>>,
@@ -115,7 +117,7 @@ impl Store {
         Self {
             rev: 1,
             pending: 0,
-            compacted: 0,
+            compacted: -1,
             keys: BTreeMap::new(),
             log: BTreeMap::new(),
             live_keys: 0,
@@ -130,6 +132,12 @@ impl Store {
 
     /// The last compaction's revision (0 before any).
     pub fn compacted_revision(&self) -> i64 {
+        self.compacted.max(0)
+    }
+
+    /// etcd's FirstRev: the last compaction's revision, -1 before any. A txn's Range with a
+    /// non-zero revision below it fails as compacted — a negative one included.
+    pub fn first_revision(&self) -> i64 {
         self.compacted
     }
 
@@ -211,8 +219,15 @@ impl Store {
             order = SortOrder::Ascend;
         }
         let sorted = order != SortOrder::None;
-        // Without sorting or filters only limit + 1 records are needed (to learn `more`).
-        let fetch = if opts.limit > 0 && !sorted && !filtered { opts.limit as usize + 1 } else { usize::MAX };
+        // Without an explicit order or filters etcd fetches only limit + 1 records (to learn
+        // `more`) — and then sorts just those when the target is not the key: a limited read
+        // with sort_order NONE and a non-key target returns the first limit + 1 keys sorted and
+        // truncated, not the range's smallest (etcd 3.4 and 3.5 alike).
+        let fetch = if opts.limit > 0 && opts.sort_order == SortOrder::None && !filtered {
+            opts.limit as usize + 1
+        } else {
+            usize::MAX
+        };
         let start = out.len();
         let mut count = 0i64;
         for (_, e) in self.entries(range) {
@@ -452,5 +467,59 @@ impl Drop for WriteTxn<'_> {
             self.store.rev = self.main;
         }
         self.store.pending = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(s: &mut Store, k: &str, v: &str) {
+        s.write().put(k.as_bytes(), Some(v.as_bytes()), None);
+    }
+
+    fn keys(s: &Store, opts: &RangeOptions) -> (Vec<String>, RangeOut) {
+        let mut out = Vec::new();
+        let r = s.range(b"\0", b"\0", opts, &mut out).unwrap();
+        (out.iter().map(|r| String::from_utf8_lossy(&r.key).into_owned()).collect(), r)
+    }
+
+    /// etcd fetches limit + 1 records in key order unless an order or a filter is given, then
+    /// sorts only those: with sort_order NONE and a non-key target the result is the first keys
+    /// sorted, not the smallest by the target. Found by core/tests/differential.rs against etcd
+    /// 3.4.23 (3.5 does the same).
+    #[test]
+    fn unordered_sort_by_target_sorts_only_the_first_limit_plus_one_keys() {
+        let mut s = Store::new();
+        for (k, v) in [("d", "1"), ("c", "2"), ("b", "3"), ("a", "4")] {
+            put(&mut s, k, v);
+        }
+        // mod revisions: d=2, c=3, b=4, a=5.
+        let opts =
+            |order| RangeOptions { limit: 2, sort_order: order, sort_target: SortTarget::Mod, ..Default::default() };
+        let (got, out) = keys(&s, &opts(SortOrder::None));
+        assert_eq!(got, ["c", "b"], "a, b, c fetched; sorted by mod: c, b, a; truncated");
+        assert_eq!((out.count, out.more), (4, true));
+        let (got, _) = keys(&s, &opts(SortOrder::Ascend));
+        assert_eq!(got, ["d", "c"], "an explicit order sorts the whole range");
+        let filtered = RangeOptions { min_mod_revision: 1, ..opts(SortOrder::None) };
+        assert_eq!(keys(&s, &filtered).0, ["d", "c"], "a filter fetches the whole range too");
+    }
+
+    /// etcd's compactMainRev starts at -1: a first compaction at revision 0 succeeds, one at -1
+    /// fails as compacted, and the reported compacted revision stays 0 until a real one.
+    #[test]
+    fn compaction_bounds_are_etcds() {
+        let mut s = Store::new();
+        assert_eq!(s.first_revision(), -1);
+        assert_eq!(s.compact(-1), Err(MvccError::Compacted));
+        assert_eq!(s.compact(2), Err(MvccError::FutureRev));
+        assert_eq!(s.compact(0), Ok(()));
+        assert_eq!((s.first_revision(), s.compacted_revision()), (0, 0));
+        assert_eq!(s.compact(0), Err(MvccError::Compacted), "the same revision twice");
+        put(&mut s, "a", "1");
+        assert_eq!(s.compact(1), Ok(()));
+        assert_eq!(s.compacted_revision(), 1);
+        assert_eq!(s.compact(1), Err(MvccError::Compacted));
     }
 }
