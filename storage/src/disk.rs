@@ -46,6 +46,12 @@ pub trait DiskFile {
     /// since the last successful sync may be assumed durable (Linux may drop the dirty pages).
     fn sync_data(&self) -> impl Future<Output = io::Result<()>>;
 
+    /// `write_at` without the reactor: for recovery and other rare, off-path writes.
+    fn write_at_blocking(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+
+    /// `sync_data` without the reactor: for recovery and other rare, off-path syncs.
+    fn sync_data_blocking(&self) -> io::Result<()>;
+
     /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the file.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
 
@@ -134,6 +140,15 @@ impl DiskFile for StdFile {
 
     fn sync_data(&self) -> impl Future<Output = io::Result<()>> {
         std::future::ready(self.file.sync_data())
+    }
+
+    fn write_at_blocking(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn sync_data_blocking(&self) -> io::Result<()> {
+        self.file.sync_data()
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {

@@ -290,8 +290,8 @@ impl Disk for FaultDisk {
     }
 }
 
-impl DiskFile for FaultFile {
-    fn write_at(&self, buf: Vec<u8>, offset: u64) -> impl Future<Output = (io::Result<()>, Vec<u8>)> {
+impl FaultFile {
+    fn write(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut s = self.state.borrow_mut();
         s.writes += 1;
         let fail = s.fail_write == Some(s.writes);
@@ -300,26 +300,46 @@ impl DiskFile for FaultFile {
         let ino = &mut s.inodes[self.inode];
         apply(&mut ino.data, &op);
         ino.pending.push(op);
-        let r = if fail { Err(eio("write")) } else { Ok(()) };
-        std::future::ready((r, buf))
+        if fail {
+            Err(eio("write"))
+        } else {
+            Ok(())
+        }
     }
 
-    fn sync_data(&self) -> impl Future<Output = io::Result<()>> {
+    fn sync(&self) -> io::Result<()> {
         let mut s = self.state.borrow_mut();
         s.syncs += 1;
         let fail = s.fail_sync == Some(s.syncs);
         let ino = &mut s.inodes[self.inode];
-        let r = if fail || ino.lost {
+        if fail || ino.lost {
             // The kernel may have dropped the dirty pages: nothing pending will ever be durable.
             ino.lost = true;
-            Err(eio("sync"))
-        } else {
-            for op in std::mem::take(&mut ino.pending) {
-                apply(&mut ino.durable, &op);
-            }
-            Ok(())
-        };
-        std::future::ready(r)
+            return Err(eio("sync"));
+        }
+        for op in std::mem::take(&mut ino.pending) {
+            apply(&mut ino.durable, &op);
+        }
+        Ok(())
+    }
+}
+
+impl DiskFile for FaultFile {
+    fn write_at(&self, buf: Vec<u8>, offset: u64) -> impl Future<Output = (io::Result<()>, Vec<u8>)> {
+        let r = self.write(&buf, offset);
+        std::future::ready((r, buf))
+    }
+
+    fn sync_data(&self) -> impl Future<Output = io::Result<()>> {
+        std::future::ready(self.sync())
+    }
+
+    fn write_at_blocking(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write(buf, offset)
+    }
+
+    fn sync_data_blocking(&self) -> io::Result<()> {
+        self.sync()
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {

@@ -4,4 +4,5 @@
 
 pub mod disk;
 pub mod fault;
+pub mod log;
 pub mod mvcc;

@@ -2,6 +2,8 @@
 //! (port 0, read back from the data dir), and stops exactly that process by its PID.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod etcd;
+pub mod grpc;
 pub mod raw;
 
 use std::io::{Read, Write};

@@ -1,0 +1,147 @@
+//! A minimal unary gRPC client over the `h2` crate (an HTTP/2 implementation we did not write),
+//! with prost for the messages: one connection, one call at a time. Talks to any gRPC server —
+//! MetaStore or a real etcd — so that tests can send both the same bytes and compare what comes
+//! back. A transport failure (connection refused, protocol error, hang) panics: it is never a
+//! gRPC status, and the caller cannot compare it.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::{HeaderMap, Request};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+/// A call that takes longer than this is a hang: the test fails instead of blocking CI.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One HTTP/2 connection to a gRPC server. Must be used inside a tokio runtime.
+pub struct Client {
+    addr: SocketAddr,
+    send: SendRequest<Bytes>,
+    task: JoinHandle<Result<(), h2::Error>>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let tcp = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("TCP connect to {addr}: {e}"));
+        tcp.set_nodelay(true).unwrap();
+        // Large windows: multi-megabyte responses need no window round trips.
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(8 << 20)
+            .initial_connection_window_size(16 << 20)
+            .max_frame_size(1 << 20)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .unwrap_or_else(|e| panic!("HTTP/2 handshake with {addr}: {e}"));
+        Client { addr, send, task: tokio::spawn(conn) }
+    }
+
+    /// A unary call: `Ok(response message)` on grpc-status 0, else `Err((code, message))`
+    /// with the message percent-decoded as the gRPC spec says.
+    pub async fn unary(&mut self, path: &str, req: &impl prost::Message) -> Result<Vec<u8>, (u32, String)> {
+        self.unary_raw(path, &req.encode_to_vec()).await
+    }
+
+    /// As [`Client::unary`], for an already encoded request message.
+    pub async fn unary_raw(&mut self, path: &str, message: &[u8]) -> Result<Vec<u8>, (u32, String)> {
+        let addr = self.addr;
+        match tokio::time::timeout(CALL_TIMEOUT, self.call(path, message)).await {
+            Ok(r) => r,
+            Err(_) => panic!("gRPC call {path} to {addr} did not finish within {CALL_TIMEOUT:?}"),
+        }
+    }
+
+    async fn call(&mut self, path: &str, message: &[u8]) -> Result<Vec<u8>, (u32, String)> {
+        let req = Request::builder()
+            .method("POST")
+            .uri(format!("http://{}{path}", self.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let mut send = self.send.clone().ready().await.expect("connection ready");
+        let (resp, mut tx) = send.send_request(req, false).expect("send_request");
+        let mut body = Vec::with_capacity(5 + message.len());
+        body.push(0);
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(message);
+        // A server may answer (and reset the stream) before it has read the whole request, as
+        // grpc-go does for errors: a failed send is not the result; the answer is.
+        let _ = tx.send_data(Bytes::from(body), true);
+        let resp = resp.await.unwrap_or_else(|e| panic!("{path}: response head: {e}"));
+        let (parts, mut rx) = resp.into_parts();
+        assert_eq!(parts.status.as_u16(), 200, "{path}: HTTP status {:?}", parts.status);
+        let trailers_only = rx.is_end_stream();
+        let mut buf = Vec::new();
+        while let Some(chunk) = rx.data().await {
+            let chunk = chunk.unwrap_or_else(|e| panic!("{path}: response body: {e}"));
+            rx.flow_control().release_capacity(chunk.len()).unwrap();
+            buf.extend_from_slice(&chunk);
+        }
+        let trailers =
+            if trailers_only { None } else { rx.trailers().await.unwrap_or_else(|e| panic!("{path}: trailers: {e}")) };
+        let status_map: &HeaderMap = match &trailers {
+            Some(t) => t,
+            None => &parts.headers,
+        };
+        let (code, msg) = status_of(status_map).unwrap_or_else(|| panic!("{path}: no grpc-status in the reply"));
+        if code != 0 {
+            return Err((code, msg));
+        }
+        let mut messages = split_messages(&buf).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(messages.len(), 1, "{path}: a unary reply must carry exactly one message");
+        Ok(messages.pop().unwrap())
+    }
+
+    /// Closes the connection and waits for it to end.
+    pub async fn close(self) {
+        drop(self.send);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+fn status_of(map: &HeaderMap) -> Option<(u32, String)> {
+    let code = map.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    let msg = map.get("grpc-message").map(|v| percent_decode(v.as_bytes())).unwrap_or_default();
+    Some((code, msg))
+}
+
+/// grpc-message is percent-encoded (`%XX` for bytes outside printable ASCII and for `%`).
+fn percent_decode(v: &[u8]) -> String {
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        let hex = v.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        if let (b'%', Some(b)) = (v[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(v[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Splits a body into its length-prefixed gRPC messages.
+fn split_messages(mut buf: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        if buf.len() < 5 {
+            return Err(format!("the body ends inside a message prefix: {buf:?}"));
+        }
+        if buf[0] != 0 {
+            return Err("a compressed message, never asked for".into());
+        }
+        let len = u32::from_be_bytes(buf[1..5].try_into().unwrap()) as usize;
+        if buf.len() < 5 + len {
+            return Err(format!("the body ends inside a message ({} of {len} bytes)", buf.len() - 5));
+        }
+        out.push(buf[5..5 + len].to_vec());
+        buf = &buf[5 + len..];
+    }
+    Ok(out)
+}
