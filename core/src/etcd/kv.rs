@@ -176,19 +176,23 @@ impl OpOut {
 }
 
 pub fn range_options(r: &RangeRequest) -> RangeOptions {
+    let order = range_request::SortOrder::try_from(r.sort_order);
     RangeOptions {
         rev: r.revision,
         limit: r.limit,
-        sort_order: match range_request::SortOrder::try_from(r.sort_order) {
+        sort_order: match order {
             Ok(range_request::SortOrder::Ascend) => SortOrder::Ascend,
             Ok(range_request::SortOrder::Descend) => SortOrder::Descend,
             _ => SortOrder::None,
         },
-        sort_target: match range_request::SortTarget::try_from(r.sort_target) {
-            Ok(range_request::SortTarget::Version) => SortTarget::Version,
-            Ok(range_request::SortTarget::Create) => SortTarget::Create,
-            Ok(range_request::SortTarget::Mod) => SortTarget::Mod,
-            Ok(range_request::SortTarget::Value) => SortTarget::Value,
+        sort_target: match (order, range_request::SortTarget::try_from(r.sort_target)) {
+            // An order etcd does not know sorts nothing (it only sorts on ASCEND or DESCEND):
+            // key order, whatever the target.
+            (Err(_), _) => SortTarget::Key,
+            (_, Ok(range_request::SortTarget::Version)) => SortTarget::Version,
+            (_, Ok(range_request::SortTarget::Create)) => SortTarget::Create,
+            (_, Ok(range_request::SortTarget::Mod)) => SortTarget::Mod,
+            (_, Ok(range_request::SortTarget::Value)) => SortTarget::Value,
             _ => SortTarget::Key,
         },
         count_only: r.count_only,
@@ -378,7 +382,9 @@ fn check_path(
                 if r.revision > store.current_revision() {
                     return Err(errors::future_rev());
                 }
-                if r.revision != 0 && r.revision < store.compacted_revision() {
+                // etcd's checkRange: a negative revision is compared too (and so fails once
+                // anything, even revision 0, was compacted, or below -1 before that).
+                if r.revision != 0 && r.revision < store.first_revision() {
                     return Err(errors::compacted());
                 }
             }
@@ -585,6 +591,57 @@ mod tests {
         let mut b = Vec::new();
         let p = PutRequest { lease: 5, ..put_req("k", "v") };
         assert_eq!(put(&mut s, &IDS, &NoLeases, &p, &mut b), Err(errors::lease_not_found()));
+    }
+
+    /// etcd sorts only on ASCEND or DESCEND (or NONE with a non-key target): an unknown order
+    /// leaves the records in key order. Found by core/tests/differential.rs against etcd 3.4.23.
+    #[test]
+    fn unknown_sort_order_sorts_nothing() {
+        let mut s = Store::new();
+        do_put(&mut s, "b", "1");
+        do_put(&mut s, "a", "2");
+        for target in [range_request::SortTarget::Mod, range_request::SortTarget::Value] {
+            let r = RangeRequest {
+                key: b"a".to_vec(),
+                range_end: b"c".to_vec(),
+                sort_order: 7,
+                sort_target: target as i32,
+                ..Default::default()
+            };
+            let mut b = Vec::new();
+            range(&s, &IDS, &r, &mut b).unwrap();
+            let keys: Vec<Vec<u8>> =
+                pb::RangeResponse::decode(&b[..]).unwrap().kvs.into_iter().map(|kv| kv.key).collect();
+            assert_eq!(keys, [b"a".to_vec(), b"b".to_vec()], "{target:?}");
+        }
+    }
+
+    /// etcd's checkRange compares a txn Range's non-zero revision with the compacted revision
+    /// (-1 before any compaction), negative ones included. Found by core/tests/differential.rs
+    /// against etcd 3.4.23.
+    #[test]
+    fn txn_range_negative_revisions() {
+        let mut s = Store::new();
+        do_put(&mut s, "a", "1");
+        let ranged_at = |rev: i64| TxnRequest {
+            compare: vec![],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: b"a".to_vec(),
+                    revision: rev,
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![],
+        };
+        let run = |s: &mut Store, rev: i64| txn(s, &IDS, &NoLeases, &ranged_at(rev), &mut Vec::new());
+        assert_eq!(run(&mut s, -1), Ok(()), "not below -1: read at the current revision");
+        assert_eq!(run(&mut s, -2), Err(errors::compacted()));
+        assert_eq!(run(&mut s, 3), Err(errors::future_rev()));
+        let mut b = Vec::new();
+        compact(&mut s, &IDS, &CompactionRequest { revision: 0, physical: false }, &mut b).unwrap();
+        assert_eq!(run(&mut s, -1), Err(errors::compacted()), "below the compaction at 0");
+        assert_eq!(run(&mut s, 1), Ok(()));
     }
 
     #[test]

@@ -5,7 +5,6 @@ use std::collections::HashSet;
 
 use metastore_net::grpc::Status;
 use metastore_proto::etcdserverpb::{request_op, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
-use metastore_storage::mvcc::KeyRange;
 
 use super::errors;
 
@@ -72,8 +71,12 @@ fn check_op(op: &RequestOp, max_txn_ops: usize) -> Result<(), Status> {
 /// Deletes of one level, as (key, range_end) pairs.
 type Dels<'a> = Vec<(&'a [u8], &'a [u8])>;
 
+/// Whether a put of `key` falls inside one of the deletes, as etcd's interval tree decides it: a
+/// delete is the plain byte-string interval [key, range_end) (a point without range_end). The
+/// tree knows no "from key" convention, so a `"\0"` range_end is an end below every key: a
+/// from-key (or all-keys) delete conflicts with no put, and neither does an empty range.
 fn intersects(dels: &Dels<'_>, key: &[u8]) -> bool {
-    dels.iter().any(|(k, end)| if end.is_empty() { *k == key } else { KeyRange::new(k, end).contains(key) })
+    dels.iter().any(|(k, end)| if end.is_empty() { *k == key } else { *k <= key && key < *end })
 }
 
 /// etcd's checkIntervals: no key put twice, and no key both put and deleted, within one list
@@ -159,7 +162,21 @@ mod tests {
         assert!(check(vec![txn_op(vec![put_op("a")], vec![put_op("a")])]).is_ok(), "then/else exclusive");
         assert_eq!(check(vec![txn_op(vec![put_op("a")], vec![]), put_op("a")]), Err(errors::duplicate_key()));
         assert_eq!(check(vec![txn_op(vec![del_op("a", "")], vec![]), put_op("a")]), Err(errors::duplicate_key()));
-        assert_eq!(check(vec![del_op("a", "\0"), txn_op(vec![put_op("z")], vec![])]), Err(errors::duplicate_key()));
+        assert_eq!(check(vec![del_op("a", "b"), txn_op(vec![put_op("ab")], vec![])]), Err(errors::duplicate_key()));
+    }
+
+    /// etcd checks puts against deletes with an interval tree of plain byte strings, where the
+    /// from-key end `"\0"` sorts below every key: such deletes (and empty ranges) never conflict.
+    /// Found by core/tests/differential.rs against etcd 3.4.23.
+    #[test]
+    fn from_key_and_empty_deletes_conflict_with_no_put() {
+        assert!(check(vec![del_op("a", "\0"), put_op("b")]).is_ok());
+        assert!(check(vec![del_op("\0", "\0"), put_op("a")]).is_ok(), "all keys");
+        assert!(check(vec![txn_op(vec![del_op("\0", "\0")], vec![]), put_op("bc")]).is_ok(), "nested");
+        assert!(check(vec![del_op("a", "\0"), txn_op(vec![put_op("z")], vec![])]).is_ok());
+        assert!(check(vec![del_op("c", "a"), put_op("b")]).is_ok(), "an empty range");
+        assert_eq!(check(vec![del_op("a", "c"), put_op("b")]), Err(errors::duplicate_key()));
+        assert_eq!(check(vec![del_op("\0", "b"), put_op("a")]), Err(errors::duplicate_key()));
     }
 
     #[test]
