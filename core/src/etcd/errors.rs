@@ -47,6 +47,8 @@ pub fn mvcc(e: MvccError) -> Status {
     match e {
         MvccError::Compacted => compacted(),
         MvccError::FutureRev => future_rev(),
+        // etcd panics on a backend read error; a failed read of history fails the request.
+        MvccError::Io => Status::new(Code::INTERNAL, "etcdserver: mvcc: history could not be read back from disk"),
     }
 }
 

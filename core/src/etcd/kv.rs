@@ -280,7 +280,7 @@ fn range_in(store: &Store, read_rev: i64, r: &RangeRequest) -> Result<OpOut, Sta
     let out = store.range(&r.key, &r.range_end, &range_options(r), &mut recs).map_err(errors::mvcc)?;
     Ok(OpOut::Range {
         header: Header::inner(read_rev),
-        recs: recs.into_iter().cloned().collect(),
+        recs: recs.iter().map(|h| Arc::clone(h)).collect(),
         count: out.count,
         more: out.more,
         keys_only: r.keys_only,

@@ -8,10 +8,12 @@
 //! log-structured engine will hold on disk). Current reads touch only `keys`; historical reads go
 //! through the key index to the log.
 
+pub mod history;
 pub mod key_index;
 mod store;
 
-pub use store::{Event, EventKind, RangeOptions, RangeOut, SortOrder, SortTarget, Store, WriteTxn};
+pub use history::{History, MemHistory};
+pub use store::{Event, EventKind, Hit, RangeOptions, RangeOut, SortOrder, SortTarget, Store, WriteTxn};
 
 /// A revision: `main` is the store revision of the write request, `sub` orders the changes
 /// within it.
@@ -50,6 +52,8 @@ pub enum MvccError {
     Compacted,
     /// The revision asked for is beyond the current one.
     FutureRev,
+    /// History could not be read back from disk.
+    Io,
 }
 
 impl std::fmt::Display for MvccError {
@@ -57,6 +61,7 @@ impl std::fmt::Display for MvccError {
         f.write_str(match self {
             MvccError::Compacted => "mvcc: required revision has been compacted",
             MvccError::FutureRev => "mvcc: required revision is a future revision",
+            MvccError::Io => "mvcc: history could not be read back from disk",
         })
     }
 }

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
+use super::history::{History, MemHistory};
 use super::key_index::KeyIndex;
 use super::{KeyRange, MvccError, Record, Revision};
 
@@ -89,7 +90,23 @@ pub struct Event {
     pub prev: Option<Arc<Record>>,
 }
 
-pub struct Store {
+/// A record found by a read: the live one (borrowed) or one from history (read back).
+pub enum Hit<'s> {
+    Current(&'s Arc<Record>),
+    Past(Arc<Record>),
+}
+
+impl std::ops::Deref for Hit<'_> {
+    type Target = Arc<Record>;
+    fn deref(&self) -> &Arc<Record> {
+        match self {
+            Hit::Current(r) => r,
+            Hit::Past(r) => r,
+        }
+    }
+}
+
+pub struct Store<H: History = MemHistory> {
     rev: i64,
     /// While a write request that has changed something is open: its revision, which reads
     /// through it see as current.
@@ -98,9 +115,8 @@ pub struct Store {
     /// etcd, a first compaction at revision 0 succeeds and a txn may read at revision -1).
     compacted: i64,
     keys: BTreeMap<Arc<[u8]>, Entry>,
-    log: BTreeMap<Revision, Arc<Record>>,
+    history: H,
     live_keys: usize,
-    log_bytes: usize,
     /// The last write request's changes (reused: no allocation per write once grown).
     events: Vec<Event>,
 }
@@ -112,18 +128,24 @@ impl Default for Store {
 }
 
 impl Store {
-    /// An empty store at revision 1, as etcd starts.
+    /// An empty store at revision 1, as etcd starts, with history in memory.
     pub fn new() -> Self {
-        Self {
-            rev: 1,
-            pending: 0,
-            compacted: -1,
-            keys: BTreeMap::new(),
-            log: BTreeMap::new(),
-            live_keys: 0,
-            log_bytes: 0,
-            events: Vec::new(),
-        }
+        Self::with_history(MemHistory::default())
+    }
+}
+
+impl<H: History> Store<H> {
+    /// An empty store at revision 1 keeping history in `history`.
+    pub fn with_history(history: H) -> Self {
+        Self { rev: 1, pending: 0, compacted: -1, keys: BTreeMap::new(), history, live_keys: 0, events: Vec::new() }
+    }
+
+    pub fn history(&self) -> &H {
+        &self.history
+    }
+
+    pub fn history_mut(&mut self) -> &mut H {
+        &mut self.history
     }
 
     pub fn current_revision(&self) -> i64 {
@@ -147,12 +169,12 @@ impl Store {
 
     /// Approximate bytes held by history (every record still readable).
     pub fn history_bytes(&self) -> usize {
-        self.log_bytes
+        self.history.bytes()
     }
 
     /// Records kept in history (every revision still readable).
     pub fn history_records(&self) -> usize {
-        self.log.len()
+        self.history.len()
     }
 
     /// Validates a read revision: ≤ 0 means current.
@@ -185,13 +207,13 @@ impl Store {
     }
 
     /// The record of a key at `rev` (already validated), if it existed then.
-    fn at<'s>(&'s self, e: &'s Entry, rev: i64) -> Option<&'s Arc<Record>> {
+    fn at<'s>(&'s self, e: &'s Entry, rev: i64) -> Result<Option<Hit<'s>>, MvccError> {
         if e.index.modified.main <= rev {
             // Not modified since `rev`: its state then is its state now.
-            return e.current.as_ref();
+            return Ok(e.current.as_ref().map(Hit::Current));
         }
-        let found = e.index.get(rev)?;
-        self.log.get(&found.modified).filter(|r| !r.tombstone)
+        let Some(found) = e.index.get(rev) else { return Ok(None) };
+        Ok(self.history.get(found.modified)?.filter(|r| !r.tombstone).map(Hit::Past))
     }
 
     /// One key's current record.
@@ -205,7 +227,7 @@ impl Store {
         key: &[u8],
         range_end: &[u8],
         opts: &RangeOptions,
-        out: &mut Vec<&'s Arc<Record>>,
+        out: &mut Vec<Hit<'s>>,
     ) -> Result<RangeOut, MvccError> {
         let rev = self.read_revision(opts.rev)?;
         let range = KeyRange::new(key, range_end);
@@ -231,7 +253,7 @@ impl Store {
         let start = out.len();
         let mut count = 0i64;
         for (_, e) in self.entries(range) {
-            let Some(r) = self.at(e, rev) else { continue };
+            let Some(r) = self.at(e, rev)? else { continue };
             count += 1;
             if opts.count_only || out.len() - start >= fetch {
                 continue;
@@ -248,7 +270,7 @@ impl Store {
             // Stable over key order, so ties keep ascending keys in both directions (what etcd's
             // insertion sort does for the small results clients sort).
             let rs = &mut out[start..];
-            let cmp: fn(&&Arc<Record>, &&Arc<Record>) -> std::cmp::Ordering = match opts.sort_target {
+            let cmp: fn(&Hit<'s>, &Hit<'s>) -> std::cmp::Ordering = match opts.sort_target {
                 SortTarget::Key => |a, b| a.key.cmp(&b.key),
                 SortTarget::Version => |a, b| a.version.cmp(&b.version),
                 SortTarget::Create => |a, b| a.create_revision.cmp(&b.create_revision),
@@ -277,7 +299,7 @@ impl Store {
         key: &[u8],
         range_end: &[u8],
         opts: &RangeOptions,
-        mut emit: impl FnMut(&'s Arc<Record>),
+        mut emit: impl FnMut(&Arc<Record>),
     ) -> Result<RangeOut, MvccError> {
         let filtered = opts.min_mod_revision != 0
             || opts.max_mod_revision != 0
@@ -287,16 +309,16 @@ impl Store {
         if filtered || sorted {
             let mut v = Vec::new();
             let out = self.range(key, range_end, opts, &mut v)?;
-            v.into_iter().for_each(emit);
+            v.iter().for_each(|h| emit(h));
             return Ok(out);
         }
         let rev = self.read_revision(opts.rev)?;
         let limit = if opts.limit > 0 { opts.limit } else { i64::MAX };
         let mut count = 0i64;
         for (_, e) in self.entries(KeyRange::new(key, range_end)) {
-            let Some(r) = self.at(e, rev) else { continue };
+            let Some(r) = self.at(e, rev)? else { continue };
             if !opts.count_only && count < limit {
-                emit(r);
+                emit(&r);
             }
             count += 1;
         }
@@ -304,7 +326,7 @@ impl Store {
     }
 
     /// Starts a write request; its changes share the next revision.
-    pub fn write(&mut self) -> WriteTxn<'_> {
+    pub fn write(&mut self) -> WriteTxn<'_, H> {
         let main = self.rev + 1;
         self.events.clear();
         WriteTxn { store: self, main, sub: 0 }
@@ -325,17 +347,7 @@ impl Store {
             }
             !(e.index.is_empty() && e.current.is_none())
         });
-        let doomed: Vec<Revision> = self
-            .log
-            .range(..=Revision { main: at, sub: i64::MAX })
-            .map(|(r, _)| *r)
-            .filter(|r| !keep.contains(r))
-            .collect();
-        for r in doomed {
-            if let Some(rec) = self.log.remove(&r) {
-                self.log_bytes -= rec.cost_bytes();
-            }
-        }
+        self.history.compact(at, &keep);
         self.compacted = at;
         Ok(())
     }
@@ -346,20 +358,26 @@ impl Store {
     }
 
     /// Records of history from revision `from` on, in revision order (watch replay).
-    pub fn history_from(&self, from: i64) -> impl Iterator<Item = (&Revision, &Arc<Record>)> {
-        self.log.range(Revision { main: from, sub: 0 }..)
+    pub fn history_from(&self, from: i64) -> Result<Vec<Arc<Record>>, MvccError> {
+        let mut out = Vec::new();
+        for r in self.history.revisions_from(Revision { main: from, sub: 0 }) {
+            if let Some(rec) = self.history.get(r)? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
     }
 }
 
 /// One write request's changes, applied as they are made; they all carry revision `main`.
 /// Reads through it see earlier changes of the same request.
-pub struct WriteTxn<'s> {
-    store: &'s mut Store,
+pub struct WriteTxn<'s, H: History = MemHistory> {
+    store: &'s mut Store<H>,
     main: i64,
     sub: i64,
 }
 
-impl WriteTxn<'_> {
+impl<H: History> WriteTxn<'_, H> {
     /// The revision this request writes at.
     pub fn revision(&self) -> i64 {
         self.main
@@ -371,7 +389,7 @@ impl WriteTxn<'_> {
     }
 
     /// The store's state as this request sees it (its own changes included).
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &Store<H> {
         self.store
     }
 
@@ -383,8 +401,7 @@ impl WriteTxn<'_> {
     }
 
     fn append(&mut self, rev: Revision, rec: Arc<Record>) {
-        self.store.log_bytes += rec.cost_bytes();
-        self.store.log.insert(rev, rec);
+        self.store.history.insert(rev, &rec);
     }
 
     /// Puts a key. `value`/`lease` of None keep the current ones (ignore_value / ignore_lease;
@@ -461,7 +478,7 @@ impl WriteTxn<'_> {
     pub fn commit(self) {}
 }
 
-impl Drop for WriteTxn<'_> {
+impl<H: History> Drop for WriteTxn<'_, H> {
     fn drop(&mut self) {
         if self.sub > 0 {
             self.store.rev = self.main;
