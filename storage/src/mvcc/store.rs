@@ -294,8 +294,8 @@ impl<H: History> Store<H> {
     /// Reads a range like [`Store::range`], handing each record to `emit` in order. Without
     /// sorting or revision filters (the common case) nothing is collected on the way: records
     /// stream straight from the index.
-    pub fn range_each<'s>(
-        &'s self,
+    pub fn range_each(
+        &self,
         key: &[u8],
         range_end: &[u8],
         opts: &RangeOptions,
