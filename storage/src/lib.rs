@@ -3,6 +3,7 @@
 //! It takes no time and does no IO of its own.
 
 pub mod disk;
+pub mod engine;
 pub mod fault;
 pub mod log;
 pub mod mvcc;

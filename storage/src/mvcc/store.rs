@@ -140,6 +140,28 @@ impl<H: History> Store<H> {
         Self { rev: 1, pending: 0, compacted: -1, keys: BTreeMap::new(), history, live_keys: 0, events: Vec::new() }
     }
 
+    /// Every key with its index and current record, in key order (for checkpoints).
+    pub fn dump_keys(&self) -> Vec<(&[u8], &KeyIndex, Option<&Arc<Record>>)> {
+        self.keys.iter().map(|(k, e)| (&k[..], &e.index, e.current.as_ref())).collect()
+    }
+
+    /// Replaces the state with a checkpoint's: revision, compaction and keys.
+    pub fn load_state(
+        &mut self,
+        rev: i64,
+        compacted: i64,
+        keys: impl Iterator<Item = (Arc<[u8]>, KeyIndex, Option<Arc<Record>>)>,
+    ) {
+        self.rev = rev;
+        self.compacted = compacted;
+        self.keys.clear();
+        self.live_keys = 0;
+        for (k, index, current) in keys {
+            self.live_keys += current.is_some() as usize;
+            self.keys.insert(k, Entry { index, current });
+        }
+    }
+
     pub fn history(&self) -> &H {
         &self.history
     }

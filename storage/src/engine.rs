@@ -1,0 +1,457 @@
+//! MVCC on the log: history lives in the log (only its locations stay in memory), the key index
+//! and current values in memory, and checkpoints bound recovery.
+//!
+//! Write requests are made durable by whoever drives the engine (the raft layer appends each
+//! request as an entry and flushes before applying it); applying then appends the request's
+//! history records, which become durable with a later batch. A record that is not durable yet is
+//! kept in memory too, so reads never wait for the disk. Recovery = newest valid checkpoint,
+//! then the log's records after it, handed to the driver to replay.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::disk::{read_exact_at, Disk, DiskFile};
+use crate::log::{kind, Location, Log, LogError};
+use crate::mvcc::key_index::{Generation, KeyIndex};
+use crate::mvcc::{History, MvccError, Record, Revision, Store};
+
+/// One history record in the log, and (until it is durable) in memory.
+struct Slot {
+    loc: Location,
+    mem: Option<Arc<Record>>,
+    bytes: u32,
+}
+
+/// History kept in the log.
+pub struct DurableHistory<D: Disk> {
+    log: Rc<RefCell<Log<D>>>,
+    slots: BTreeMap<Revision, Slot>,
+    /// Revisions whose records are not durable yet, in log order.
+    unflushed: VecDeque<Revision>,
+    bytes: usize,
+    /// Bytes of live history per segment (what segment GC weighs).
+    live: HashMap<u64, u64>,
+}
+
+/// The HISTORY record payload: the revision, the record's metadata, its key and value.
+pub fn encode_history(buf: &mut Vec<u8>, rev: Revision, r: &Record) {
+    for v in [rev.main, rev.sub, r.create_revision, r.mod_revision, r.version, r.lease] {
+        buf.extend_from_slice(&v.to_le_bytes());
+    }
+    buf.push(r.tombstone as u8);
+    buf.extend_from_slice(&(r.key.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&r.key);
+    buf.extend_from_slice(&r.value);
+}
+
+/// A little-endian reader over a payload; every read is bounds-checked.
+pub struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(b: &'a [u8]) -> Self {
+        Reader { b }
+    }
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.b.len() < n {
+            return Err(format!("payload ends early: wanted {n} bytes, {} left", self.b.len()));
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    pub fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.bytes(1)?[0])
+    }
+    pub fn u32(&mut self) -> Result<u32, String> {
+        let b = self.bytes(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    pub fn u64(&mut self) -> Result<u64, String> {
+        let b = self.bytes(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    pub fn i64(&mut self) -> Result<i64, String> {
+        Ok(self.u64()? as i64)
+    }
+    /// A u32 length, then that many bytes.
+    pub fn blob(&mut self) -> Result<&'a [u8], String> {
+        let n = self.u32()? as usize;
+        self.bytes(n)
+    }
+    pub fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.b)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.b.is_empty()
+    }
+}
+
+pub fn decode_history(payload: &[u8]) -> Result<(Revision, Record), String> {
+    let mut r = Reader::new(payload);
+    let rev = Revision { main: r.i64()?, sub: r.i64()? };
+    let (create_revision, mod_revision, version, lease) = (r.i64()?, r.i64()?, r.i64()?, r.i64()?);
+    let tombstone = r.u8()? != 0;
+    let key = Arc::from(r.blob()?);
+    let value = Arc::from(r.rest());
+    Ok((rev, Record { key, value, create_revision, mod_revision, version, lease, tombstone }))
+}
+
+impl<D: Disk> DurableHistory<D> {
+    pub fn new(log: Rc<RefCell<Log<D>>>) -> Self {
+        Self { log, slots: BTreeMap::new(), unflushed: VecDeque::new(), bytes: 0, live: HashMap::new() }
+    }
+
+    /// The log reached `durable`: records before it need not stay in memory.
+    pub fn on_durable(&mut self, durable: Location) {
+        while let Some(rev) = self.unflushed.front() {
+            match self.slots.get_mut(rev) {
+                Some(s) if s.loc < durable => {
+                    s.mem = None;
+                    self.unflushed.pop_front();
+                }
+                Some(_) => break,
+                None => {
+                    self.unflushed.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Records still only in memory.
+    pub fn unflushed(&self) -> usize {
+        self.unflushed.len()
+    }
+
+    /// Live history bytes per segment.
+    pub fn live_bytes(&self) -> &HashMap<u64, u64> {
+        &self.live
+    }
+
+    fn add_live(&mut self, loc: Location, bytes: u32) {
+        *self.live.entry(loc.segment).or_insert(0) += bytes as u64;
+    }
+
+    fn sub_live(&mut self, loc: Location, bytes: u32) {
+        if let Some(v) = self.live.get_mut(&loc.segment) {
+            *v = v.saturating_sub(bytes as u64);
+        }
+    }
+
+    /// Restores a slot from a checkpoint.
+    fn restore(&mut self, rev: Revision, loc: Location, bytes: u32) {
+        self.slots.insert(rev, Slot { loc, mem: None, bytes });
+        self.bytes += bytes as usize;
+        self.add_live(loc, bytes);
+    }
+
+    /// Every (revision, location) held, in revision order.
+    pub fn locations(&self) -> impl Iterator<Item = (Revision, Location, u32)> + '_ {
+        self.slots.iter().map(|(r, s)| (*r, s.loc, s.bytes))
+    }
+
+    /// Moves every live record out of `segment` to the log's head (segment GC). The old copies
+    /// stay readable until the segment is removed.
+    pub fn relocate(&mut self, segment: u64) -> Result<usize, MvccError> {
+        let revs: Vec<Revision> =
+            self.slots.iter().filter(|(_, s)| s.loc.segment == segment).map(|(r, _)| *r).collect();
+        for rev in &revs {
+            let rec = self.get(*rev)?.ok_or(MvccError::Io)?;
+            let Some(old) = self.slots.remove(rev) else { continue };
+            self.sub_live(old.loc, old.bytes);
+            self.bytes -= old.bytes as usize;
+            self.insert(*rev, &rec);
+        }
+        Ok(revs.len())
+    }
+}
+
+impl<D: Disk> History for DurableHistory<D> {
+    fn insert(&mut self, rev: Revision, rec: &Arc<Record>) {
+        // A failed log refuses the append; the record then lives in memory only, and the
+        // failure stops writes at the next flush (the request itself is durable as a raft entry).
+        let appended = self.log.borrow_mut().append(kind::HISTORY, |b| encode_history(b, rev, rec));
+        let bytes = (rec.key.len() + rec.value.len() + 57 + crate::log::RECORD_HEADER_BYTES) as u32;
+        let loc = appended.unwrap_or(Location { segment: u64::MAX, offset: u64::MAX });
+        self.slots.insert(rev, Slot { loc, mem: Some(rec.clone()), bytes });
+        self.unflushed.push_back(rev);
+        self.bytes += bytes as usize;
+        self.add_live(loc, bytes);
+    }
+
+    fn get(&self, rev: Revision) -> Result<Option<Arc<Record>>, MvccError> {
+        let Some(s) = self.slots.get(&rev) else { return Ok(None) };
+        if let Some(r) = &s.mem {
+            return Ok(Some(r.clone()));
+        }
+        let (k, payload) = self.log.borrow().read(s.loc).map_err(|_| MvccError::Io)?;
+        if k != kind::HISTORY {
+            return Err(MvccError::Io);
+        }
+        let (got, rec) = decode_history(&payload).map_err(|_| MvccError::Io)?;
+        if got != rev {
+            return Err(MvccError::Io);
+        }
+        Ok(Some(Arc::new(rec)))
+    }
+
+    fn compact(&mut self, at: i64, keep: &HashSet<Revision>) {
+        let doomed: Vec<Revision> = self
+            .slots
+            .range(..=Revision { main: at, sub: i64::MAX })
+            .map(|(r, _)| *r)
+            .filter(|r| !keep.contains(r))
+            .collect();
+        for r in doomed {
+            if let Some(s) = self.slots.remove(&r) {
+                self.bytes -= s.bytes as usize;
+                self.sub_live(s.loc, s.bytes);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn revisions_from(&self, from: Revision) -> Vec<Revision> {
+        self.slots.range(from..).map(|(r, _)| *r).collect()
+    }
+}
+
+// ----- checkpoints -----
+
+const CHECKPOINT_MAGIC: &[u8; 8] = b"MSTCKPT\0";
+const CHECKPOINT_VERSION: u32 = 1;
+const CHECKPOINT_SUFFIX: &str = ".ckpt";
+/// Checkpoints kept on disk (the newest, and the one before it in case the newest is damaged).
+pub const CHECKPOINTS_KEPT: usize = 2;
+
+/// What a checkpoint holds besides the store: where replay starts and the driver's own state
+/// (raft's applied index and term, membership, leases...), opaque here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointMeta {
+    /// The raft index the store reflects.
+    pub applied_index: u64,
+    /// The first log location replay must read from.
+    pub replay_from: Location,
+    /// Opaque sections of the layers above, by tag.
+    pub sections: Vec<(u32, Vec<u8>)>,
+}
+
+pub fn checkpoint_name(applied_index: u64) -> String {
+    format!("{applied_index:016x}{CHECKPOINT_SUFFIX}")
+}
+
+/// Serialises the store's state and `meta` into one checkpoint image (format in FORMAT.md).
+pub fn encode_checkpoint<D: Disk>(store: &Store<DurableHistory<D>>, meta: &CheckpointMeta) -> Vec<u8> {
+    let mut b = Vec::with_capacity(4096);
+    b.extend_from_slice(CHECKPOINT_MAGIC);
+    b.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&meta.applied_index.to_le_bytes());
+    b.extend_from_slice(&meta.replay_from.segment.to_le_bytes());
+    b.extend_from_slice(&meta.replay_from.offset.to_le_bytes());
+    b.extend_from_slice(&store.current_revision().to_le_bytes());
+    b.extend_from_slice(&store.compacted_revision().to_le_bytes());
+    // Keys: index generations and the current record.
+    let keys = store.dump_keys();
+    b.extend_from_slice(&(keys.len() as u64).to_le_bytes());
+    for (key, index, current) in keys {
+        b.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        b.extend_from_slice(key);
+        b.extend_from_slice(&index.modified.main.to_le_bytes());
+        b.extend_from_slice(&index.modified.sub.to_le_bytes());
+        b.extend_from_slice(&(index.generations.len() as u32).to_le_bytes());
+        for g in &index.generations {
+            b.extend_from_slice(&g.ver.to_le_bytes());
+            b.extend_from_slice(&g.created.main.to_le_bytes());
+            b.extend_from_slice(&g.created.sub.to_le_bytes());
+            b.extend_from_slice(&(g.revs.len() as u32).to_le_bytes());
+            for r in &g.revs {
+                b.extend_from_slice(&r.main.to_le_bytes());
+                b.extend_from_slice(&r.sub.to_le_bytes());
+            }
+        }
+        match current {
+            None => b.push(0),
+            Some(r) => {
+                b.push(1);
+                let mut rec = Vec::new();
+                encode_history(&mut rec, Revision::default(), r);
+                b.extend_from_slice(&(rec.len() as u32).to_le_bytes());
+                b.extend_from_slice(&rec);
+            }
+        }
+    }
+    // History: revision → location.
+    let hist = store.history();
+    b.extend_from_slice(&(hist.len() as u64).to_le_bytes());
+    for (rev, loc, bytes) in hist.locations() {
+        for v in [rev.main as u64, rev.sub as u64, loc.segment, loc.offset] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&bytes.to_le_bytes());
+    }
+    b.extend_from_slice(&(meta.sections.len() as u32).to_le_bytes());
+    for (tag, data) in &meta.sections {
+        b.extend_from_slice(&tag.to_le_bytes());
+        b.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        b.extend_from_slice(data);
+    }
+    let crc = crc32c::crc32c(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// The parts of a decoded checkpoint.
+pub struct CheckpointImage {
+    pub meta: CheckpointMeta,
+    rev: i64,
+    compacted: i64,
+    keys: Vec<(Arc<[u8]>, KeyIndex, Option<Arc<Record>>)>,
+    history: Vec<(Revision, Location, u32)>,
+}
+
+pub fn decode_checkpoint(data: &[u8]) -> Result<CheckpointImage, String> {
+    if data.len() < 4 {
+        return Err("too short".into());
+    }
+    let (body, crc) = data.split_at(data.len() - 4);
+    if crc32c::crc32c(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+        return Err("checksum mismatch".into());
+    }
+    let mut r = Reader::new(body);
+    if r.bytes(8)? != CHECKPOINT_MAGIC {
+        return Err("not a checkpoint".into());
+    }
+    let version = r.u32()?;
+    if version != CHECKPOINT_VERSION {
+        return Err(format!("checkpoint format version {version}, this build reads {CHECKPOINT_VERSION}"));
+    }
+    r.u32()?;
+    let applied_index = r.u64()?;
+    let replay_from = Location { segment: r.u64()?, offset: r.u64()? };
+    let rev = r.i64()?;
+    let compacted = r.i64()?;
+    let nkeys = r.u64()?;
+    let mut keys = Vec::new();
+    for _ in 0..nkeys {
+        let key: Arc<[u8]> = Arc::from(r.blob()?);
+        let modified = Revision { main: r.i64()?, sub: r.i64()? };
+        let ngen = r.u32()?;
+        let mut generations = Vec::new();
+        for _ in 0..ngen {
+            let ver = r.i64()?;
+            let created = Revision { main: r.i64()?, sub: r.i64()? };
+            let nrevs = r.u32()?;
+            let mut revs = Vec::new();
+            for _ in 0..nrevs {
+                revs.push(Revision { main: r.i64()?, sub: r.i64()? });
+            }
+            generations.push(Generation { ver, created, revs });
+        }
+        let current = match r.u8()? {
+            0 => None,
+            _ => {
+                let (_, mut rec) = decode_history(r.blob()?)?;
+                rec.key = key.clone();
+                Some(Arc::new(rec))
+            }
+        };
+        keys.push((key, KeyIndex { modified, generations }, current));
+    }
+    let nhist = r.u64()?;
+    let mut history = Vec::new();
+    for _ in 0..nhist {
+        let rev = Revision { main: r.i64()?, sub: r.i64()? };
+        let loc = Location { segment: r.u64()?, offset: r.u64()? };
+        history.push((rev, loc, r.u32()?));
+    }
+    let nsec = r.u32()?;
+    let mut sections = Vec::new();
+    for _ in 0..nsec {
+        let tag = r.u32()?;
+        let n = r.u64()? as usize;
+        sections.push((tag, r.bytes(n)?.to_vec()));
+    }
+    if !r.is_empty() {
+        return Err("trailing bytes".into());
+    }
+    Ok(CheckpointImage { meta: CheckpointMeta { applied_index, replay_from, sections }, rev, compacted, keys, history })
+}
+
+/// Writes a checkpoint image durably: a temporary file, synced, renamed into place, the
+/// directory synced; then drops all but the newest [`CHECKPOINTS_KEPT`]. Blocking: run it off
+/// the serving path.
+pub fn write_checkpoint<D: Disk>(disk: &D, dir: &Path, applied_index: u64, image: &[u8]) -> io::Result<PathBuf> {
+    disk.create_dir_all(dir)?;
+    let name = checkpoint_name(applied_index);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let _ = disk.remove(&tmp);
+    let f = disk.create(&tmp)?;
+    f.write_at_blocking(image, 0)?;
+    f.sync_data_blocking()?;
+    drop(f);
+    let path = dir.join(&name);
+    disk.rename(&tmp, &path)?;
+    disk.sync_dir(dir)?;
+    let mut names: Vec<String> = disk.list(dir)?.into_iter().filter(|n| n.ends_with(CHECKPOINT_SUFFIX)).collect();
+    names.sort();
+    if names.len() > CHECKPOINTS_KEPT {
+        for old in &names[..names.len() - CHECKPOINTS_KEPT] {
+            disk.remove(&dir.join(old))?;
+        }
+        disk.sync_dir(dir)?;
+    }
+    Ok(path)
+}
+
+/// The newest checkpoint that reads back whole, or None; damaged newer ones are reported in
+/// `skipped` (name and why) and passed over.
+pub fn load_checkpoint<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    skipped: &mut Vec<String>,
+) -> io::Result<Option<CheckpointImage>> {
+    disk.create_dir_all(dir)?;
+    let mut names: Vec<String> = disk.list(dir)?.into_iter().filter(|n| n.ends_with(CHECKPOINT_SUFFIX)).collect();
+    names.sort();
+    for name in names.iter().rev() {
+        let f = disk.open(&dir.join(name))?;
+        let mut data = vec![0u8; f.len()? as usize];
+        read_exact_at(&f, &mut data, 0)?;
+        match decode_checkpoint(&data) {
+            Ok(img) => return Ok(Some(img)),
+            Err(why) => skipped.push(format!("{name}: {why}")),
+        }
+    }
+    Ok(None)
+}
+
+/// Rebuilds a store from a checkpoint image, with its history in `log`.
+pub fn restore_store<D: Disk>(img: &CheckpointImage, log: Rc<RefCell<Log<D>>>) -> Store<DurableHistory<D>> {
+    let mut history = DurableHistory::new(log);
+    for (rev, loc, bytes) in &img.history {
+        history.restore(*rev, *loc, *bytes);
+    }
+    let mut store = Store::with_history(history);
+    store.load_state(img.rev, img.compacted, img.keys.iter().cloned());
+    store
+}
+
+/// Errors opening the engine.
+pub fn log_error(e: LogError) -> io::Error {
+    io::Error::other(e.to_string())
+}
