@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::disk::{read_exact_at, Disk, DiskFile};
 use crate::log::{kind, Location, Log, LogError};
 use crate::mvcc::key_index::{Generation, KeyIndex};
-use crate::mvcc::{History, MvccError, Record, Revision, Store};
+use crate::mvcc::{History, KeyState, MvccError, Record, Revision, Store};
 
 /// One history record in the log, and (until it is durable) in memory.
 struct Slot {
@@ -320,7 +320,7 @@ pub struct CheckpointImage {
     pub meta: CheckpointMeta,
     rev: i64,
     compacted: i64,
-    keys: Vec<(Arc<[u8]>, KeyIndex, Option<Arc<Record>>)>,
+    keys: Vec<KeyState>,
     history: Vec<(Revision, Location, u32)>,
 }
 

@@ -13,7 +13,9 @@ pub mod key_index;
 mod store;
 
 pub use history::{History, MemHistory};
-pub use store::{Event, EventKind, Hit, RangeOptions, RangeOut, SortOrder, SortTarget, Store, WriteTxn};
+pub use store::{
+    Event, EventKind, Hit, KeyDump, KeyState, RangeOptions, RangeOut, SortOrder, SortTarget, Store, WriteTxn,
+};
 
 /// A revision: `main` is the store revision of the write request, `sub` orders the changes
 /// within it.

@@ -90,6 +90,11 @@ pub struct Event {
     pub prev: Option<Arc<Record>>,
 }
 
+/// One key as a checkpoint sees it: name, index, current record.
+pub type KeyDump<'s> = (&'s [u8], &'s KeyIndex, Option<&'s Arc<Record>>);
+/// One key as a checkpoint restores it.
+pub type KeyState = (Arc<[u8]>, KeyIndex, Option<Arc<Record>>);
+
 /// A record found by a read: the live one (borrowed) or one from history (read back).
 pub enum Hit<'s> {
     Current(&'s Arc<Record>),
@@ -141,17 +146,12 @@ impl<H: History> Store<H> {
     }
 
     /// Every key with its index and current record, in key order (for checkpoints).
-    pub fn dump_keys(&self) -> Vec<(&[u8], &KeyIndex, Option<&Arc<Record>>)> {
+    pub fn dump_keys(&self) -> Vec<KeyDump<'_>> {
         self.keys.iter().map(|(k, e)| (&k[..], &e.index, e.current.as_ref())).collect()
     }
 
     /// Replaces the state with a checkpoint's: revision, compaction and keys.
-    pub fn load_state(
-        &mut self,
-        rev: i64,
-        compacted: i64,
-        keys: impl Iterator<Item = (Arc<[u8]>, KeyIndex, Option<Arc<Record>>)>,
-    ) {
+    pub fn load_state(&mut self, rev: i64, compacted: i64, keys: impl Iterator<Item = KeyState>) {
         self.rev = rev;
         self.compacted = compacted;
         self.keys.clear();
