@@ -64,6 +64,8 @@ pub struct Config {
     pub initial_cluster_token: String,
     /// `--initial-advertise-peer-urls`: this member's peer URLs as MemberList reports them.
     pub initial_advertise_peer_urls: Vec<String>,
+    /// `--snapshot-count`: applied entries between checkpoints (etcd default 100,000).
+    pub snapshot_count: u64,
 }
 
 /// etcd's gRPC overhead allowance on top of `--max-request-bytes`.
@@ -87,6 +89,7 @@ impl Default for Config {
             max_txn_ops: 128,
             initial_cluster_token: "etcd-cluster".into(),
             initial_advertise_peer_urls: vec!["http://localhost:2380".into()],
+            snapshot_count: 100_000,
         }
     }
 }
@@ -185,6 +188,11 @@ const FLAGS: &[Flag] = &[
         name: "initial-advertise-peer-urls",
         value: "URLS",
         help: "This member's peer URLs to advertise to the rest of the cluster. (default \"http://localhost:2380\")",
+    },
+    Flag {
+        name: "snapshot-count",
+        value: "N",
+        help: "Number of committed transactions to trigger a checkpoint of the data to disk. (default 100000)",
     },
 ];
 
@@ -318,6 +326,13 @@ where
             "initial-advertise-peer-urls" => {
                 parse_urls("initial-advertise-peer-urls", &value)?;
                 cfg.initial_advertise_peer_urls = value.split(',').map(|s| s.trim().to_string()).collect();
+            }
+            "snapshot-count" => {
+                let n: u64 = parse_num("snapshot-count", &value)?;
+                if n == 0 {
+                    return err("--snapshot-count must be at least 1");
+                }
+                cfg.snapshot_count = n;
             }
             other => unreachable!("flag {other} listed but not handled"),
         }

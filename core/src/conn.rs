@@ -425,6 +425,8 @@ impl ConnState {
                 self.app.calls.remove(&stream);
                 self.grpc.reply(stream, |b| b.extend_from_slice(encoded));
             }
+            // Writes answer through the shard loop, never as an immediate outcome.
+            (_, Outcome::Pending) => {}
             (_, Outcome::Health(_)) => {
                 debug_assert!(false, "a health outcome for a non-health call");
                 self.end_call(core, stream, &Status::new(Code::INTERNAL, "unexpected reply"));
@@ -728,19 +730,18 @@ mod tests {
 
     #[test]
     fn finished_calls_do_not_keep_their_deadlines() {
-        use crate::shard::{MemberInfo, Shard};
+        crate::testing::run(async { finished_calls_do_not_keep_their_deadlines_in_rt() })
+    }
+
+    fn finished_calls_do_not_keep_their_deadlines_in_rt() {
         let shared = Arc::new(Shared {
             cfg: crate::config::Config::default(),
             driver: "test",
             stats: vec![CoreStats::default()],
             stop: StopSignal::new(1),
         });
-        let shard = Shard::new(MemberInfo {
-            ids: crate::etcd::kv::Ids { cluster_id: 1, member_id: 2, raft_term: 2 },
-            name: "t".into(),
-            peer_urls: vec![],
-            client_urls: vec![],
-        });
+        let dir = crate::testing::temp_dir("deadlines");
+        let shard = crate::testing::shard(&dir);
         let link = ShardLink::Local { shard: RefCell::new(shard), inbound: RefCell::new(vec![]) };
         let core = Core::new(0, shared, link);
         let conn = core.add_conn(|slot, gen| Rc::new(Conn::new(&core, slot, gen)));

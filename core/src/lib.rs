@@ -5,6 +5,7 @@
 mod alloc_test;
 pub mod config;
 pub mod conn;
+pub mod disk;
 pub mod etcd;
 pub mod http;
 pub mod notify;
@@ -14,3 +15,5 @@ pub mod server;
 pub mod shard;
 #[cfg(test)]
 mod test_client;
+#[cfg(test)]
+mod testing;

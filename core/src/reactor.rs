@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::conn::Conn;
 use crate::notify::{LocalNotify, WaitList};
 use crate::ring::{Receiver, Sender};
-use crate::shard::{CallRef, Envelope, Outcome, ReplyEnvelope, Shard};
+use crate::shard::{CallRef, Envelope, Outcome, Replies, ReplyEnvelope, Shard, ShardReply, Waiter};
 
 /// Requests in flight from one core to the shard, and replies back. A full ring stops the
 /// connections that want to send more from reading.
@@ -94,7 +94,9 @@ pub struct Shared {
     pub stop: StopSignal,
 }
 
-/// How this core reaches the shard.
+/// How this core reaches the shard. (One per core, made once: the size difference between the
+/// variants costs nothing.)
+#[allow(clippy::large_enum_variant)]
 pub enum ShardLink {
     /// The shard lives here: requests are plain calls. `inbound` pairs each other core's
     /// request ring with the reply ring back to it.
@@ -137,6 +139,9 @@ pub struct Core {
     /// Where the shard encodes responses for connections on its own core (reused, no copy
     /// through a ring).
     pub local_out: RefCell<Vec<u8>>,
+    /// Wakes the shard loop: a local write to propose, a flush or checkpoint that finished.
+    pub shard_wake: LocalNotify,
+    flushed: RefCell<Option<metastore_storage::log::Flushed>>,
 }
 
 impl Core {
@@ -155,6 +160,8 @@ impl Core {
             drain_waiters: WaitList::default(),
             drained: LocalNotify::default(),
             local_out: RefCell::new(Vec::with_capacity(64 << 10)),
+            shard_wake: LocalNotify::default(),
+            flushed: RefCell::new(None),
         }
     }
 
@@ -221,7 +228,15 @@ impl Core {
             ShardLink::Local { shard, .. } => {
                 let mut out = self.local_out.borrow_mut();
                 out.clear();
-                Submit::Done(shard.borrow_mut().execute(env.req, env.deadline, Instant::now(), &mut out))
+                let waiter = Waiter::Local(env.call);
+                match shard.borrow_mut().execute(env.req, env.deadline, Instant::now(), waiter, &mut out) {
+                    Outcome::Pending => {
+                        // A write on its way through raft: the shard loop takes it from here.
+                        self.shard_wake.notify();
+                        Submit::Sent
+                    }
+                    outcome => Submit::Done(outcome),
+                }
             }
             ShardLink::Remote { tx, space, .. } => match tx.borrow_mut().try_send(env) {
                 Ok(()) => {
@@ -368,41 +383,120 @@ pub async fn reply_loop(core: Rc<Core>) {
     }
 }
 
-/// On the shard's core: takes requests from every other core's ring, answers into its reply
-/// ring. A request is taken only when its reply has a slot, so the shard never blocks.
+/// How often raft is ticked (its election and heartbeat timeouts count ticks).
+pub const RAFT_TICK_MS: u64 = 100;
+
+/// On the shard's core: takes requests from every other core's ring (only as many as their reply
+/// rings can take answers for), serves reads at once, proposes writes, drives raft (one flush in
+/// flight at a time, while the next batch gathers), answers applied writes, and writes
+/// checkpoints on a helper thread.
 pub async fn shard_loop(core: Rc<Core>) {
     let ShardLink::Local { shard, inbound } = &core.link else {
         return;
     };
+    // The checkpoint being written, if any: its result arrives on this ring.
+    let mut ckpt_rx: Option<crate::ring::Receiver<(u64, std::io::Result<()>)>> = None;
+    let mut last_tick = Instant::now();
+    let tick = Duration::from_millis(RAFT_TICK_MS);
     loop {
-        poll_fn(|cx| {
+        let mut replies = Replies::default();
+        // Requests from the other cores.
+        {
             let mut inbound = inbound.borrow_mut();
-            let mut worked = false;
             let now = Instant::now();
-            for (rx, tx) in inbound.iter_mut() {
+            for (i, (rx, _)) in inbound.iter_mut().enumerate() {
                 let mut n = 0;
-                while n < RING_BATCH_MAX && tx.slots() > 0 {
+                while n < RING_BATCH_MAX && shard.borrow().outstanding(i) < SHARD_RING_ENTRIES_MAX {
                     let Some(env) = rx.try_recv() else { break };
-                    let reply = shard.borrow_mut().handle(env.req, env.deadline, now);
-                    let pushed = tx.try_send(ReplyEnvelope { call: env.call, reply });
-                    debug_assert!(pushed.is_ok(), "a slot was checked free");
                     n += 1;
+                    let mut out = Vec::with_capacity(1024);
+                    let waiter = Waiter::Remote { ring: i, call: env.call };
+                    let outcome = shard.borrow_mut().execute(env.req, env.deadline, now, waiter, &mut out);
+                    let reply = match outcome {
+                        Outcome::Pending => continue,
+                        Outcome::Encoded => ShardReply::Encoded(out),
+                        Outcome::Health(h) => ShardReply::Health(h),
+                        Outcome::Error(e) => ShardReply::Error(e),
+                        Outcome::DeadlineExceeded => ShardReply::DeadlineExceeded,
+                    };
+                    replies.remote.push((i, ReplyEnvelope { call: env.call, reply }));
                 }
-                worked |= n > 0;
-                if tx.slots() == 0 {
+            }
+        }
+        // Raft: ticks, readies, committed entries; the next flush.
+        if last_tick.elapsed() >= tick {
+            last_tick = Instant::now();
+            shard.borrow_mut().raft_tick();
+        }
+        if let Some(done) = core.flushed.borrow_mut().take() {
+            shard.borrow_mut().flush_done(done, &mut replies);
+        }
+        if let Some(flush) = shard.borrow_mut().drive(&mut replies) {
+            let c = core.clone();
+            monoio::spawn(async move {
+                let done = flush.run().await;
+                *c.flushed.borrow_mut() = Some(done);
+                c.shard_wake.notify();
+            });
+        }
+        // Checkpoints: encoded here, written on a helper thread.
+        if let Some(rx) = &mut ckpt_rx {
+            if let Some((index, r)) = rx.try_recv() {
+                shard.borrow_mut().checkpoint_done(index, r);
+                ckpt_rx = None;
+            }
+        }
+        if ckpt_rx.is_none() {
+            let due = shard.borrow_mut().checkpoint_due();
+            if let Some((index, image)) = due {
+                let dir = shard.borrow().checkpoint_dir().to_path_buf();
+                let (mut tx, rx) = crate::ring::channel(1);
+                let spawned = std::thread::Builder::new().name("metastore-checkpoint".into()).spawn(move || {
+                    let disk = metastore_storage::disk::StdDisk;
+                    let r = metastore_storage::engine::write_checkpoint(&disk, &dir, index, &image).map(|_| ());
+                    let _ = tx.try_send((index, r));
+                });
+                match spawned {
+                    Ok(_) => ckpt_rx = Some(rx),
+                    Err(e) => shard.borrow_mut().checkpoint_done(index, Err(e)),
+                }
+            }
+        }
+        // Answers: local ones straight to their connections, others into their reply rings
+        // (which have room: requests are taken only while their answers fit).
+        for r in replies.local.drain(..) {
+            core.deliver(r);
+        }
+        {
+            let mut inbound = inbound.borrow_mut();
+            for (i, r) in replies.remote.drain(..) {
+                if let Some((_, tx)) = inbound.get_mut(i) {
+                    let pushed = tx.try_send(r);
+                    debug_assert!(pushed.is_ok(), "reply rings are sized for every request taken");
+                }
+            }
+        }
+        // Wait for more work: a ring, a local write, a flush or checkpoint, or the next tick.
+        let wait = tick.saturating_sub(last_tick.elapsed());
+        monoio::select! {
+            _ = poll_fn(|cx| {
+                let mut inbound = inbound.borrow_mut();
+                let mut ready = false;
+                for (i, (rx, tx)) in inbound.iter_mut().enumerate() {
                     let _ = tx.poll_ready(cx);
-                } else {
-                    let _ = rx.poll_readable(cx);
+                    if shard.borrow().outstanding(i) < SHARD_RING_ENTRIES_MAX && rx.poll_readable(cx).is_ready() {
+                        ready = true;
+                    }
                 }
-            }
-            if worked {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await;
-        // Let this core's connections run between batches.
+                if ckpt_rx.as_mut().is_some_and(|rx| rx.poll_readable(cx).is_ready()) {
+                    ready = true;
+                }
+                if ready { Poll::Ready(()) } else { Poll::Pending }
+            }) => {}
+            _ = core.shard_wake.notified() => {}
+            _ = monoio::time::sleep(wait) => {}
+        }
+        // Let this core's connections run between rounds.
         crate::notify::yield_now().await;
     }
 }

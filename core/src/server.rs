@@ -14,10 +14,12 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use tracing::{info, warn};
 
 use crate::config::{Config, IoDriver};
+use crate::disk::ReactorDisk;
 use crate::etcd::kv::Ids;
 use crate::reactor::{self, Core, CoreStats, ShardLink, Shared, StopSignal, SHARD_RING_ENTRIES_MAX};
 use crate::ring;
-use crate::shard::{MemberInfo, Shard};
+use crate::shard::{MemberInfo, Shard, ShardConfig};
+use metastore_storage::log::LogConfig;
 
 /// The core that owns the data shard (Stage 1: one shard).
 pub const SHARD_CORE: usize = 0;
@@ -134,9 +136,6 @@ pub fn start(cfg: Config) -> Result<Server, StartError> {
         }
         client_addrs.push(bound);
     }
-    write_client_urls(&cfg.data_dir, &client_addrs)
-        .map_err(|e| StartError(format!("cannot write {CLIENT_URLS_FILE} in {}: {e}", cfg.data_dir.display())))?;
-
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         driver: driver_name,
@@ -160,16 +159,30 @@ pub fn start(cfg: Config) -> Result<Server, StartError> {
 
     let cpus = allowed_cpus();
     let mut threads = Vec::with_capacity(cores);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut ready_tx = Some(ready_tx);
     for (id, (listeners, link)) in per_core.into_iter().zip(links).enumerate() {
         let shared = shared.clone();
         let cpu = (!cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         let Some(link) = link else { continue };
+        let ready = if id == SHARD_CORE { ready_tx.take() } else { None };
         let t = std::thread::Builder::new()
             .name(format!("metastore-core-{id}"))
-            .spawn(move || run_core(id, cpu, driver, shared, link, listeners))
+            .spawn(move || run_core(id, cpu, driver, shared, link, listeners, ready))
             .map_err(|e| StartError(format!("cannot start core thread {id}: {e}")))?;
         threads.push(t);
     }
+    // Recovery runs on the shard's core; nothing is announced until it has succeeded.
+    let recovered = ready_rx.recv().unwrap_or_else(|_| Err("the shard's core stopped during recovery".into()));
+    if let Err(e) = recovered {
+        shared.stop.stop();
+        for t in threads {
+            let _ = t.join();
+        }
+        return Err(StartError(format!("cannot open the data in {}: {e}", cfg.data_dir.display())));
+    }
+    write_client_urls(&cfg.data_dir, &client_addrs)
+        .map_err(|e| StartError(format!("cannot write {CLIENT_URLS_FILE} in {}: {e}", cfg.data_dir.display())))?;
     for a in &client_addrs {
         info!(address = %a, "serving client traffic insecurely (h2c gRPC and HTTP/1.1)");
     }
@@ -188,12 +201,14 @@ enum ShardLinkParts {
     Remote(ring::Sender<crate::shard::Envelope>, ring::Receiver<crate::shard::ReplyEnvelope>),
 }
 
-/// Raft term reported until consensus exists: a single member that elected itself once.
-const RAFT_TERM_SINGLE: u64 = 2;
+fn shard_config(cfg: &Config) -> ShardConfig {
+    ShardConfig { data_dir: cfg.data_dir.clone(), snapshot_count: cfg.snapshot_count, log: LogConfig::default() }
+}
 
 fn member_info(cfg: &Config) -> MemberInfo {
     MemberInfo {
-        ids: Ids { cluster_id: cfg.cluster_id(), member_id: cfg.member_id(), raft_term: RAFT_TERM_SINGLE },
+        // The term is raft's, filled in per response.
+        ids: Ids { cluster_id: cfg.cluster_id(), member_id: cfg.member_id(), raft_term: 0 },
         name: cfg.name.clone(),
         peer_urls: cfg.initial_advertise_peer_urls.clone(),
         client_urls: cfg.advertise_client_urls.clone(),
@@ -207,24 +222,14 @@ fn run_core(
     shared: Arc<Shared>,
     link: ShardLinkParts,
     listeners: Vec<std::net::TcpListener>,
+    ready: Option<std::sync::mpsc::Sender<Result<(), String>>>,
 ) {
     if let Some(cpu) = cpu {
         if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
             warn!(core = id, cpu, error = ?e, "cannot pin core thread");
         }
     }
-    let link = match link {
-        ShardLinkParts::Local(inbound) => ShardLink::Local {
-            shard: std::cell::RefCell::new(Shard::new(member_info(&shared.cfg))),
-            inbound: std::cell::RefCell::new(inbound),
-        },
-        ShardLinkParts::Remote(tx, rx) => ShardLink::Remote {
-            tx: std::cell::RefCell::new(tx),
-            rx: std::cell::RefCell::new(rx),
-            space: Default::default(),
-        },
-    };
-    let main = core_main(id, shared.clone(), link, listeners);
+    let main = core_main(id, shared.clone(), link, listeners, ready);
     let result = match driver {
         IoDriver::Uring => {
             RuntimeBuilder::<IoUringDriver>::new().enable_timer().build().map(|mut rt| rt.block_on(main))
@@ -238,7 +243,40 @@ fn run_core(
     }
 }
 
-async fn core_main(id: usize, shared: Arc<Shared>, link: ShardLink, listeners: Vec<std::net::TcpListener>) {
+async fn core_main(
+    id: usize,
+    shared: Arc<Shared>,
+    link: ShardLinkParts,
+    listeners: Vec<std::net::TcpListener>,
+    ready: Option<std::sync::mpsc::Sender<Result<(), String>>>,
+) {
+    let link = match link {
+        ShardLinkParts::Local(inbound) => {
+            // The shard recovers here, inside this core's reactor, before anything is served.
+            let opened = Shard::open(ReactorDisk, &shard_config(&shared.cfg), member_info(&shared.cfg));
+            let shard = match opened {
+                Ok(s) => {
+                    if let Some(r) = &ready {
+                        let _ = r.send(Ok(()));
+                    }
+                    s
+                }
+                Err(e) => {
+                    if let Some(r) = &ready {
+                        let _ = r.send(Err(e));
+                    }
+                    shared.stop.stop();
+                    return;
+                }
+            };
+            ShardLink::Local { shard: std::cell::RefCell::new(shard), inbound: std::cell::RefCell::new(inbound) }
+        }
+        ShardLinkParts::Remote(tx, rx) => ShardLink::Remote {
+            tx: std::cell::RefCell::new(tx),
+            rx: std::cell::RefCell::new(rx),
+            space: Default::default(),
+        },
+    };
     let core = Rc::new(Core::new(id, shared.clone(), link));
     for l in listeners {
         match monoio::net::TcpListener::from_std(l) {

@@ -21,6 +21,8 @@ use crate::disk::{read_exact_at, Disk, DiskFile};
 pub const SEGMENT_BYTES_TARGET: u64 = 64 << 20;
 /// The largest single record (a 1.5 MiB request with its overhead fits many times over).
 pub const RECORD_BYTES_MAX: usize = 16 << 20;
+/// Segments grow by this much at a time (preallocated, zero-filled).
+pub const ALLOCATE_STEP_BYTES: u64 = 4 << 20;
 /// Bytes of a segment's header.
 pub const SEGMENT_HEADER_BYTES: u64 = 32;
 /// Bytes of a record's frame: length, checksum, kind.
@@ -461,12 +463,18 @@ impl<D: Disk> Log<D> {
         if self.head_is_new {
             let path = self.dir.join(segment_name(self.head));
             let file = self.disk.create(&path)?;
-            file.allocate(self.cfg.segment_bytes.max(self.pending.len() as u64))?;
             self.disk.sync_dir(&self.dir)?;
             self.segments.insert(self.head, Segment { file: Rc::new(file), end: 0 });
             self.head_is_new = false;
         }
         let seg = self.segments.get(&self.head).ok_or_else(|| LogError::Failed("head segment missing".into()))?;
+        // Space is reserved ahead in steps, so most batches write into allocated blocks (no
+        // block allocation on the sync's path) while the file stays close to its data's size.
+        let need = self.pending_at + self.pending.len() as u64;
+        if need > seg.file.len()? {
+            let step = ALLOCATE_STEP_BYTES.min(self.cfg.segment_bytes);
+            seg.file.allocate(need.div_ceil(step) * step)?;
+        }
         let buf = std::mem::take(&mut self.pending);
         let end = Location { segment: self.head, offset: self.pending_at + buf.len() as u64 };
         let flush = Flush { file: seg.file.clone(), offset: self.pending_at, buf, end };

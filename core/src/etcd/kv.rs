@@ -9,7 +9,7 @@ use metastore_proto::etcdserverpb::{
     compare, range_request, request_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest,
     TxnRequest,
 };
-use metastore_storage::mvcc::{RangeOptions, Record, SortOrder, SortTarget, Store, WriteTxn};
+use metastore_storage::mvcc::{History, KeyRange, RangeOptions, Record, SortOrder, SortTarget, Store, WriteTxn};
 
 use super::errors;
 use super::pbw;
@@ -205,7 +205,7 @@ pub fn range_options(r: &RangeRequest) -> RangeOptions {
 
 /// Range: served from the store at the requested revision; header.revision is the current one.
 /// Records are encoded as the index yields them, straight into `buf`.
-pub fn range(store: &Store, ids: &Ids, r: &RangeRequest, buf: &mut Vec<u8>) -> Result<(), Status> {
+pub fn range<H: History>(store: &Store<H>, ids: &Ids, r: &RangeRequest, buf: &mut Vec<u8>) -> Result<(), Status> {
     let header = Header::full(ids, store.current_revision());
     header.write(buf, 1);
     let out = store
@@ -230,7 +230,13 @@ impl Leases for NoLeases {
     }
 }
 
-pub fn put(store: &mut Store, ids: &Ids, leases: &dyn Leases, r: &PutRequest, buf: &mut Vec<u8>) -> Result<(), Status> {
+pub fn put<H: History>(
+    store: &mut Store<H>,
+    ids: &Ids,
+    leases: &dyn Leases,
+    r: &PutRequest,
+    buf: &mut Vec<u8>,
+) -> Result<(), Status> {
     if r.lease != 0 && !leases.exists(r.lease) {
         return Err(errors::lease_not_found());
     }
@@ -245,7 +251,7 @@ pub fn put(store: &mut Store, ids: &Ids, leases: &dyn Leases, r: &PutRequest, bu
     Ok(())
 }
 
-fn put_in(w: &mut WriteTxn<'_>, r: &PutRequest) -> Result<OpOut, Status> {
+fn put_in<H: History>(w: &mut WriteTxn<'_, H>, r: &PutRequest) -> Result<OpOut, Status> {
     if (r.ignore_value || r.ignore_lease) && w.store().get(&r.key).is_none() {
         return Err(errors::key_not_found());
     }
@@ -255,7 +261,12 @@ fn put_in(w: &mut WriteTxn<'_>, r: &PutRequest) -> Result<OpOut, Status> {
     Ok(OpOut::Put { header: Header::inner(w.revision()), prev: prev.filter(|_| r.prev_kv) })
 }
 
-pub fn delete_range(store: &mut Store, ids: &Ids, r: &DeleteRangeRequest, buf: &mut Vec<u8>) -> Result<(), Status> {
+pub fn delete_range<H: History>(
+    store: &mut Store<H>,
+    ids: &Ids,
+    r: &DeleteRangeRequest,
+    buf: &mut Vec<u8>,
+) -> Result<(), Status> {
     let mut w = store.write();
     let out = delete_in(&mut w, r);
     drop(w);
@@ -268,14 +279,14 @@ pub fn delete_range(store: &mut Store, ids: &Ids, r: &DeleteRangeRequest, buf: &
     Ok(())
 }
 
-fn delete_in(w: &mut WriteTxn<'_>, r: &DeleteRangeRequest) -> OpOut {
+fn delete_in<H: History>(w: &mut WriteTxn<'_, H>, r: &DeleteRangeRequest) -> OpOut {
     let prevs = w.delete_range(&r.key, &r.range_end);
     let rev = if w.changed() { w.revision() } else { w.revision() - 1 };
     let deleted = prevs.len() as i64;
     OpOut::Delete { header: Header::inner(rev), deleted, prevs: if r.prev_kv { prevs } else { Vec::new() } }
 }
 
-fn range_in(store: &Store, read_rev: i64, r: &RangeRequest) -> Result<OpOut, Status> {
+fn range_in<H: History>(store: &Store<H>, read_rev: i64, r: &RangeRequest) -> Result<OpOut, Status> {
     let mut recs = Vec::new();
     let out = store.range(&r.key, &r.range_end, &range_options(r), &mut recs).map_err(errors::mvcc)?;
     Ok(OpOut::Range {
@@ -328,7 +339,7 @@ fn compare_kv(c: &Compare, r: Option<&Record>) -> bool {
 
 /// etcd's applyCompare: every key of the range must satisfy it; a missing key compares as zeros,
 /// except against VALUE, which always fails.
-fn apply_compare(store: &Store, c: &Compare) -> bool {
+fn apply_compare<H: History>(store: &Store<H>, c: &Compare) -> bool {
     let mut recs = Vec::new();
     if store.range(&c.key, &c.range_end, &RangeOptions::default(), &mut recs).is_err() {
         return false;
@@ -344,7 +355,7 @@ fn apply_compare(store: &Store, c: &Compare) -> bool {
 
 /// Which branch each txn takes, in pre-order of the txns on the chosen path, all decided
 /// against the state before any op runs (etcd's compareToPath).
-fn compare_to_path(store: &Store, t: &TxnRequest, path: &mut Vec<bool>) {
+fn compare_to_path<H: History>(store: &Store<H>, t: &TxnRequest, path: &mut Vec<bool>) {
     let ok = t.compare.iter().all(|c| apply_compare(store, c));
     path.push(ok);
     for op in if ok { &t.success } else { &t.failure } {
@@ -354,29 +365,60 @@ fn compare_to_path(store: &Store, t: &TxnRequest, path: &mut Vec<bool>) {
     }
 }
 
+/// What the ops of the chosen path before the one being checked do to a key, in execution
+/// order: a put creates it, a delete range removes what it covers.
+enum Effect<'a> {
+    Put(&'a [u8]),
+    Delete(&'a [u8], &'a [u8]),
+}
+
+/// Whether `key` exists when an op after `effects` runs: the last effect that touches it says,
+/// else the store.
+fn exists_after<H: History>(store: &Store<H>, effects: &[Effect<'_>], key: &[u8]) -> bool {
+    for e in effects.iter().rev() {
+        match *e {
+            Effect::Put(k) if k == key => return true,
+            Effect::Delete(k, end) if KeyRange::new(k, end).contains(key) => return false,
+            _ => {}
+        }
+    }
+    store.get(key).is_some()
+}
+
 /// Checks along the chosen path before anything runs: puts first (ignore_* needs the key,
 /// leases must exist), then ranges (their revisions must be readable). Any failure fails the
 /// whole txn with no change.
-fn check_path(
-    store: &Store,
+///
+/// An ignore_* put's key must exist when the put runs, not just before the txn: a from-key
+/// delete earlier in the txn can remove it (the duplicate-key rule does not see from-key
+/// deletes). etcd 3.4.23 checks only the state before the txn, then fails that put while
+/// applying the txn and panics ("unexpected error during txn"), taking the member down; here
+/// the txn fails whole with etcd's "key not found" and changes nothing.
+fn check_path<'t, H: History>(
+    store: &Store<H>,
     leases: &dyn Leases,
-    t: &TxnRequest,
+    t: &'t TxnRequest,
     path: &[bool],
     at: &mut usize,
     puts: bool,
+    effects: &mut Vec<Effect<'t>>,
 ) -> Result<(), Status> {
     let ok = path.get(*at).copied().unwrap_or(false);
     *at += 1;
     for op in if ok { &t.success } else { &t.failure } {
         match &op.request {
-            Some(request_op::Request::RequestTxn(inner)) => check_path(store, leases, inner, path, at, puts)?,
+            Some(request_op::Request::RequestTxn(inner)) => check_path(store, leases, inner, path, at, puts, effects)?,
             Some(request_op::Request::RequestPut(p)) if puts => {
-                if (p.ignore_value || p.ignore_lease) && store.get(&p.key).is_none() {
+                if (p.ignore_value || p.ignore_lease) && !exists_after(store, effects, &p.key) {
                     return Err(errors::key_not_found());
                 }
                 if p.lease != 0 && !leases.exists(p.lease) {
                     return Err(errors::lease_not_found());
                 }
+                effects.push(Effect::Put(&p.key));
+            }
+            Some(request_op::Request::RequestDeleteRange(d)) if puts => {
+                effects.push(Effect::Delete(&d.key, &d.range_end));
             }
             Some(request_op::Request::RequestRange(r)) if !puts => {
                 if r.revision > store.current_revision() {
@@ -399,7 +441,12 @@ pub fn txn_is_read_only(t: &TxnRequest) -> bool {
     t.success.iter().chain(&t.failure).all(|op| matches!(op.request, Some(request_op::Request::RequestRange(_))))
 }
 
-fn apply_txn(w: &mut WriteTxn<'_>, t: &TxnRequest, path: &[bool], at: &mut usize) -> Result<OpOut, Status> {
+fn apply_txn<H: History>(
+    w: &mut WriteTxn<'_, H>,
+    t: &TxnRequest,
+    path: &[bool],
+    at: &mut usize,
+) -> Result<OpOut, Status> {
     let ok = path.get(*at).copied().unwrap_or(false);
     *at += 1;
     let ops = if ok { &t.success } else { &t.failure };
@@ -427,14 +474,20 @@ fn apply_txn(w: &mut WriteTxn<'_>, t: &TxnRequest, path: &[bool], at: &mut usize
     Ok(OpOut::Txn { header: Header::default(), succeeded: ok, ops: outs })
 }
 
-pub fn txn(store: &mut Store, ids: &Ids, leases: &dyn Leases, t: &TxnRequest, buf: &mut Vec<u8>) -> Result<(), Status> {
+pub fn txn<H: History>(
+    store: &mut Store<H>,
+    ids: &Ids,
+    leases: &dyn Leases,
+    t: &TxnRequest,
+    buf: &mut Vec<u8>,
+) -> Result<(), Status> {
     let mut path = Vec::new();
     compare_to_path(store, t, &mut path);
     let read_only = txn_is_read_only(t);
     if !read_only {
-        check_path(store, leases, t, &path, &mut 0, true)?;
+        check_path(store, leases, t, &path, &mut 0, true, &mut Vec::new())?;
     }
-    check_path(store, leases, t, &path, &mut 0, false)?;
+    check_path(store, leases, t, &path, &mut 0, false, &mut Vec::new())?;
     let mut w = store.write();
     let out = apply_txn(&mut w, t, &path, &mut 0);
     drop(w);
@@ -446,7 +499,12 @@ pub fn txn(store: &mut Store, ids: &Ids, leases: &dyn Leases, t: &TxnRequest, bu
     Ok(())
 }
 
-pub fn compact(store: &mut Store, ids: &Ids, r: &CompactionRequest, buf: &mut Vec<u8>) -> Result<(), Status> {
+pub fn compact<H: History>(
+    store: &mut Store<H>,
+    ids: &Ids,
+    r: &CompactionRequest,
+    buf: &mut Vec<u8>,
+) -> Result<(), Status> {
     store.compact(r.revision).map_err(errors::mvcc)?;
     Header::full(ids, store.current_revision()).write(buf, 1);
     Ok(())
@@ -591,6 +649,49 @@ mod tests {
         let mut b = Vec::new();
         let p = PutRequest { lease: 5, ..put_req("k", "v") };
         assert_eq!(put(&mut s, &IDS, &NoLeases, &p, &mut b), Err(errors::lease_not_found()));
+    }
+
+    /// A from-key delete escapes the duplicate-key rule, so it can remove the key an ignore_*
+    /// put after it needs: the txn must fail before anything runs, not after the delete (etcd
+    /// 3.4.23 panics on it). Found by core/tests/differential.rs.
+    #[test]
+    fn ignore_put_after_a_from_key_delete_fails_whole() {
+        let mut s = Store::new();
+        do_put(&mut s, "b", "1");
+        let del_all = RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                key: b"\0".to_vec(),
+                range_end: b"\0".to_vec(),
+                prev_kv: false,
+            })),
+        };
+        let ignore_put = RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: b"b".to_vec(),
+                ignore_lease: true,
+                ..Default::default()
+            })),
+        };
+        let t = TxnRequest { compare: vec![], success: vec![del_all.clone(), ignore_put.clone()], failure: vec![] };
+        assert_eq!(crate::etcd::validate::txn(&t, 128), Ok(()), "the duplicate-key rule lets it through");
+        assert_eq!(txn(&mut s, &IDS, &NoLeases, &t, &mut Vec::new()), Err(errors::key_not_found()));
+        assert_eq!(s.current_revision(), 2, "nothing was deleted");
+        assert!(s.get(b"b").is_some());
+        // In a nested txn too; and the other order is fine (the put runs first).
+        let nested = RequestOp {
+            request: Some(request_op::Request::RequestTxn(TxnRequest {
+                compare: vec![],
+                success: vec![del_all.clone()],
+                failure: vec![],
+            })),
+        };
+        let t = TxnRequest { compare: vec![], success: vec![nested, ignore_put.clone()], failure: vec![] };
+        assert_eq!(txn(&mut s, &IDS, &NoLeases, &t, &mut Vec::new()), Err(errors::key_not_found()));
+        assert_eq!(s.current_revision(), 2);
+        let t = TxnRequest { compare: vec![], success: vec![ignore_put, del_all], failure: vec![] };
+        assert_eq!(txn(&mut s, &IDS, &NoLeases, &t, &mut Vec::new()), Ok(()));
+        assert_eq!(s.current_revision(), 3);
+        assert!(s.get(b"b").is_none());
     }
 
     /// etcd sorts only on ASCEND or DESCEND (or NONE with a non-key target): an unknown order
