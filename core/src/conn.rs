@@ -51,6 +51,7 @@ enum Method {
     Compact,
     Status,
     MemberList,
+    Defragment,
 }
 
 /// Maps a call to the method that serves it, or to grpc-go's answer for what we do not serve:
@@ -66,6 +67,7 @@ fn route(service: &str, method: &str) -> Result<Method, Status> {
         ("etcdserverpb.KV", "Txn") => Method::Txn,
         ("etcdserverpb.KV", "Compact") => Method::Compact,
         ("etcdserverpb.Maintenance", "Status") => Method::Status,
+        ("etcdserverpb.Maintenance", "Defragment") => Method::Defragment,
         ("etcdserverpb.Cluster", "MemberList") => Method::MemberList,
         _ => {
             let Some(desc) = metastore_proto::SERVICES.iter().find(|d| d.name == service) else {
@@ -136,6 +138,10 @@ fn decode_request(method: Method, message: &[u8], cfg: &Config) -> Result<ShardR
         Method::MemberList => {
             decode::<pb::MemberListRequest>(message)?;
             ShardRequest::MemberList
+        }
+        Method::Defragment => {
+            decode::<pb::DefragmentRequest>(message)?;
+            ShardRequest::Defragment
         }
     })
 }

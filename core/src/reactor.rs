@@ -442,7 +442,7 @@ pub async fn shard_loop(core: Rc<Core>) {
         // Checkpoints: encoded here, written on a helper thread.
         if let Some(rx) = &mut ckpt_rx {
             if let Some((index, r)) = rx.try_recv() {
-                shard.borrow_mut().checkpoint_done(index, r);
+                shard.borrow_mut().checkpoint_done(index, r, &mut replies);
                 ckpt_rx = None;
             }
         }
@@ -458,7 +458,7 @@ pub async fn shard_loop(core: Rc<Core>) {
                 });
                 match spawned {
                     Ok(_) => ckpt_rx = Some(rx),
-                    Err(e) => shard.borrow_mut().checkpoint_done(index, Err(e)),
+                    Err(e) => shard.borrow_mut().checkpoint_done(index, Err(e), &mut replies),
                 }
             }
         }

@@ -20,7 +20,7 @@ use metastore_raft::eraftpb::Entry;
 use metastore_raft::{RaftCheckpoint, RaftNode, Recovered};
 use metastore_storage::disk::Disk;
 use metastore_storage::engine::{self, CheckpointMeta, DurableHistory};
-use metastore_storage::log::{Flush, Flushed, Log, LogConfig};
+use metastore_storage::log::{Flush, Flushed, Location, Log, LogConfig};
 use metastore_storage::mvcc::Store;
 use prost::Message;
 
@@ -49,6 +49,7 @@ pub enum ShardRequest {
     Compact(pb::CompactionRequest),
     Status,
     MemberList,
+    Defragment,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -181,6 +182,29 @@ pub struct Shard<D: Disk = ReactorDisk> {
     committed: Vec<Entry>,
     /// Requests taken from each inbound ring and not answered yet (bounded by the reply ring).
     outstanding: Vec<usize>,
+    /// Write a checkpoint as soon as history is durable, whatever `snapshot_count` says (GC and
+    /// defragmentation need one).
+    force_checkpoint: bool,
+    /// Where the checkpoint being written starts replay.
+    checkpoint_replay_from: Location,
+    /// Where the last durable checkpoint starts replay: segments before it hold no entry
+    /// recovery needs.
+    replay_from: Location,
+    /// Segments whose live records were copied forward; removed once a checkpoint pointing at
+    /// the copies is durable.
+    relocated: Vec<u64>,
+    /// History was compacted: reclaim space at the next checkpoint.
+    gc_wanted: bool,
+    defrag: Defrag,
+}
+
+/// Maintenance.Defragment's progress: a checkpoint (so every sealed segment is past replay),
+/// live history copied out of every sealed segment, a second checkpoint pointing at the
+/// copies, then the old segments removed and the callers answered.
+#[derive(Default)]
+struct Defrag {
+    waiters: Vec<Waiter>,
+    phase: u8,
 }
 
 impl<D: Disk> Shard<D> {
@@ -258,6 +282,12 @@ impl<D: Disk> Shard<D> {
             checkpointing: false,
             committed: Vec::new(),
             outstanding: Vec::new(),
+            force_checkpoint: false,
+            checkpoint_replay_from: replay_from,
+            replay_from,
+            relocated: Vec::new(),
+            gc_wanted: false,
+            defrag: Defrag::default(),
         })
     }
 
@@ -329,6 +359,7 @@ impl<D: Disk> Shard<D> {
             ShardRequest::DeleteRange(r) => return self.propose(op::DELETE_RANGE, &r, waiter),
             ShardRequest::Txn(t) => return self.propose(op::TXN, &t, waiter),
             ShardRequest::Compact(r) => return self.propose(op::COMPACT, &r, waiter),
+            ShardRequest::Defragment => return self.defragment(waiter),
         };
         match r {
             Ok(()) => Outcome::Encoded,
@@ -469,9 +500,17 @@ impl<D: Disk> Shard<D> {
             op::TXN => pb::TxnRequest::decode(msg)
                 .map_err(decode_error)
                 .and_then(|r| kv::txn(&mut self.store, &ids, &NoLeases, &r, &mut out)),
-            op::COMPACT => pb::CompactionRequest::decode(msg)
-                .map_err(decode_error)
-                .and_then(|r| kv::compact(&mut self.store, &ids, &r, &mut out)),
+            op::COMPACT => {
+                let r = pb::CompactionRequest::decode(msg)
+                    .map_err(decode_error)
+                    .and_then(|r| kv::compact(&mut self.store, &ids, &r, &mut out));
+                if r.is_ok() {
+                    // History shrank: reclaim its space at a checkpoint soon.
+                    self.gc_wanted = true;
+                    self.force_checkpoint = true;
+                }
+                r
+            }
             _ => Err(Status::new(Code::INTERNAL, format!("unknown write kind {kind} in raft entry {}", e.index))),
         };
         // Entries replayed at start (or proposed before a restart) have no one waiting.
@@ -487,13 +526,14 @@ impl<D: Disk> Shard<D> {
         }
     }
 
-    /// A checkpoint is due (enough entries applied since the last one, none being written, and
-    /// all history durable): its image, and the applied index it covers.
+    /// A checkpoint is due (enough entries applied since the last one, or one was asked for;
+    /// none being written; all history durable): its image, and the applied index it covers.
     pub fn checkpoint_due(&mut self) -> Option<(u64, Vec<u8>)> {
         let applied = self.raft.applied_index();
+        let wanted = self.force_checkpoint || applied >= self.last_checkpoint + self.snapshot_count;
         if self.checkpointing
             || self.failed.is_some()
-            || applied < self.last_checkpoint + self.snapshot_count
+            || !wanted
             || self.store.history().unflushed() > 0
             || self.log.borrow().pending_bytes() > 0
             || self.flushing_ready.is_some()
@@ -502,26 +542,120 @@ impl<D: Disk> Shard<D> {
         }
         let raft = self.raft.checkpoint(applied).ok()?;
         let tail = self.log.borrow().tail();
-        let meta = CheckpointMeta {
-            applied_index: applied,
-            replay_from: self.raft.replay_from(applied, tail),
-            sections: vec![(SECTION_RAFT, raft.encode())],
-        };
+        let replay_from = self.raft.replay_from(applied, tail);
+        let meta =
+            CheckpointMeta { applied_index: applied, replay_from, sections: vec![(SECTION_RAFT, raft.encode())] };
         self.checkpointing = true;
+        self.force_checkpoint = false;
+        self.checkpoint_replay_from = replay_from;
         Some((applied, engine::encode_checkpoint(&self.store, &meta)))
     }
 
-    /// The checkpoint at `index` is durable (or failed to be written).
-    pub fn checkpoint_done(&mut self, index: u64, r: std::io::Result<()>) {
+    /// The checkpoint at `index` is durable (or failed to be written). Space held by segments
+    /// it made unnecessary is reclaimed.
+    pub fn checkpoint_done(&mut self, index: u64, r: std::io::Result<()>, replies: &mut Replies) {
         self.checkpointing = false;
-        match r {
-            Ok(()) => {
-                self.last_checkpoint = index;
-                self.raft.compact(index);
-                tracing::info!(index, "checkpoint written");
-            }
-            Err(e) => tracing::warn!(index, error = %e, "could not write a checkpoint; will retry"),
+        if let Err(e) = r {
+            tracing::warn!(index, error = %e, "could not write a checkpoint; will retry");
+            self.force_checkpoint = true;
+            return;
         }
+        self.last_checkpoint = index;
+        self.replay_from = self.checkpoint_replay_from;
+        self.raft.compact(index);
+        tracing::info!(index, "checkpoint written");
+        if let Err(e) = self.collect_segments() {
+            self.fail(e, replies);
+            return;
+        }
+        match self.defrag.phase {
+            1 => {
+                // Every sealed segment is behind replay now: copy their live history out.
+                self.log.borrow_mut().seal_head();
+                if let Err(e) = self.relocate(true) {
+                    self.fail(e, replies);
+                    return;
+                }
+                self.defrag.phase = 2;
+                self.force_checkpoint = true;
+            }
+            2 => {
+                self.defrag.phase = 0;
+                let header = Header::full(&self.ids(), self.store.current_revision());
+                for w in std::mem::take(&mut self.defrag.waiters) {
+                    let mut out = Vec::new();
+                    header.write(&mut out, 1);
+                    self.answered(w);
+                    replies.push(w, ShardReply::Encoded(out));
+                }
+            }
+            _ => {
+                if std::mem::take(&mut self.gc_wanted) {
+                    if let Err(e) = self.relocate(false) {
+                        self.fail(e, replies);
+                        return;
+                    }
+                    if !self.relocated.is_empty() {
+                        self.force_checkpoint = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes the segments no durable state needs: before replay's start and with no live
+    /// history, or relocated before the last checkpoint.
+    fn collect_segments(&mut self) -> Result<(), String> {
+        let live = self.store.history().live_bytes().clone();
+        let mut log = self.log.borrow_mut();
+        let head = log.head();
+        let relocated = std::mem::take(&mut self.relocated);
+        for (seq, _) in log.segments() {
+            if seq >= self.replay_from.segment || seq == head {
+                continue;
+            }
+            if relocated.contains(&seq) || live.get(&seq).copied().unwrap_or(0) == 0 {
+                log.remove_segment(seq).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the live history of sealed segments behind replay to the head: all of them with
+    /// dead records (`all`), or those less than half live. They are removed after the next
+    /// checkpoint.
+    fn relocate(&mut self, all: bool) -> Result<(), String> {
+        let live = self.store.history().live_bytes().clone();
+        let segments = self.log.borrow().segments();
+        let head = self.log.borrow().head();
+        for (seq, end) in segments {
+            if seq >= self.replay_from.segment || seq == head {
+                continue;
+            }
+            let l = live.get(&seq).copied().unwrap_or(0);
+            if l == 0 || (!all && l * 2 >= end) || (all && l + 256 >= end) {
+                continue;
+            }
+            self.store.history_mut().relocate(seq).map_err(|e| format!("relocating segment {seq}: {e}"))?;
+            self.relocated.push(seq);
+        }
+        Ok(())
+    }
+
+    /// Maintenance.Defragment: answered when the space is reclaimed.
+    fn defragment(&mut self, waiter: Waiter) -> Outcome {
+        if let Some(why) = &self.failed {
+            return Outcome::Error(disk_failed(why));
+        }
+        if let Waiter::Remote { ring, .. } = waiter {
+            self.track(ring, 1);
+        }
+        self.defrag.waiters.push(waiter);
+        if self.defrag.phase == 0 {
+            self.defrag.phase = 1;
+            self.force_checkpoint = true;
+        }
+        Outcome::Pending
     }
 
     pub fn checkpoint_dir(&self) -> &Path {
@@ -698,7 +832,7 @@ pub(crate) mod tests {
         let (index, image) = s.checkpoint_due().expect("due after snapshot_count entries");
         let dir = s.checkpoint_dir().to_path_buf();
         engine::write_checkpoint(&disk, &dir, index, &image).unwrap();
-        s.checkpoint_done(index, Ok(()));
+        s.checkpoint_done(index, Ok(()), &mut Replies::default());
         assert!(s.raft().entries_in_memory() < 5, "entries up to the checkpoint left memory");
         put(&mut s, "last", 1);
         let s2 = shard(&disk.crash_clean());
@@ -743,5 +877,64 @@ pub(crate) mod tests {
         assert_eq!(ml.header.unwrap().revision, 0);
         assert_eq!(ml.members.len(), 1);
         assert_eq!(ml.members[0].id, 2);
+    }
+
+    /// Settles the shard and writes every checkpoint it asks for, until it is idle.
+    fn settle_all(s: &mut Shard<FaultDisk>, disk: &FaultDisk, replies: &mut Replies) {
+        loop {
+            settle(s, replies);
+            let Some((index, image)) = s.checkpoint_due() else { break };
+            let dir = s.checkpoint_dir().to_path_buf();
+            let r = engine::write_checkpoint(disk, &dir, index, &image).map(|_| ());
+            s.checkpoint_done(index, r, replies);
+        }
+    }
+
+    #[test]
+    fn compaction_and_defragment_give_the_space_back() {
+        let disk = FaultDisk::new();
+        let cfg = ShardConfig { log: LogConfig { segment_bytes: 8192 }, snapshot_count: 1_000_000, ..cfg() };
+        let mut s = Shard::open(disk.clone(), &cfg, member()).unwrap();
+        let mut replies = Replies::default();
+        settle_all(&mut s, &disk, &mut replies);
+        // Ten keys overwritten many times: lots of history, little live data.
+        for i in 0..2000 {
+            let req = ShardRequest::Put(pb::PutRequest {
+                key: format!("key{}", i % 10).into_bytes(),
+                value: vec![b'x'; 200],
+                ..Default::default()
+            });
+            let mut out = Vec::new();
+            s.execute(req, None, Instant::now(), call(1), &mut out);
+            if i % 50 == 0 {
+                settle_all(&mut s, &disk, &mut replies);
+            }
+        }
+        settle_all(&mut s, &disk, &mut replies);
+        let before = s.log.borrow().disk_bytes();
+        let rev = s.store().current_revision();
+        let mut out = Vec::new();
+        let compact = ShardRequest::Compact(pb::CompactionRequest { revision: rev, physical: true });
+        assert_eq!(s.execute(compact, None, Instant::now(), call(2), &mut out), Outcome::Pending);
+        settle_all(&mut s, &disk, &mut replies);
+        let after_compact = s.log.borrow().disk_bytes();
+        assert_eq!(s.execute(ShardRequest::Defragment, None, Instant::now(), call(3), &mut out), Outcome::Pending);
+        settle_all(&mut s, &disk, &mut replies);
+        assert!(replies.local.iter().any(|r| r.call.stream == 3), "defragment answered");
+        let after = s.log.borrow().disk_bytes();
+        let live = s.store().history_bytes() as u64;
+        eprintln!(
+            "log bytes: {before} before, {after_compact} after compaction, {after} after defragment; live {live}"
+        );
+        assert!(after_compact < before / 2, "compaction alone reclaims the dead segments");
+        assert!(after <= 2 * live + 2 * 8192, "at most about twice the live data after defragment");
+        // Everything still reads back, and survives a restart.
+        let want: Vec<_> =
+            (0..10).map(|i| s.store().get(format!("key{i}").as_bytes()).map(|r| r.mod_revision)).collect();
+        let s2 = Shard::open(disk.crash_clean(), &cfg, member()).unwrap();
+        let got: Vec<_> =
+            (0..10).map(|i| s2.store().get(format!("key{i}").as_bytes()).map(|r| r.mod_revision)).collect();
+        assert_eq!(got, want);
+        assert_eq!(s2.store().compacted_revision(), rev);
     }
 }

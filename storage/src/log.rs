@@ -532,6 +532,23 @@ impl<D: Disk> Log<D> {
         Ok((h[8], body))
     }
 
+    /// Ends the head segment: the next batch starts a new one (so that GC can take the old one).
+    /// Only between batches: returns false while records are pending.
+    pub fn seal_head(&mut self) -> bool {
+        if !self.pending.is_empty() {
+            return false;
+        }
+        if !self.head_is_new {
+            self.start_segment();
+        }
+        true
+    }
+
+    /// The segment new batches go to.
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
     /// Segments and their data sizes, oldest first.
     pub fn segments(&self) -> Vec<(u64, u64)> {
         self.segments.iter().map(|(s, seg)| (*s, seg.end)).collect()
