@@ -66,10 +66,15 @@ pub struct Config {
     pub initial_advertise_peer_urls: Vec<String>,
     /// `--snapshot-count`: applied entries between checkpoints (etcd default 100,000).
     pub snapshot_count: u64,
+    /// `--quota-backend-bytes`: raise NOSPACE when the data grows past this (etcd default
+    /// 2 GiB; 0 means the default).
+    pub quota_backend_bytes: u64,
 }
 
 /// etcd's gRPC overhead allowance on top of `--max-request-bytes`.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// etcd's default backend quota (2 GiB).
+pub const QUOTA_BYTES_DEFAULT: u64 = 2 << 30;
 /// `--cores` above this is refused: each core owns rings to every other, so cost grows as n².
 pub const CORES_MAX: usize = 256;
 
@@ -90,6 +95,7 @@ impl Default for Config {
             initial_cluster_token: "etcd-cluster".into(),
             initial_advertise_peer_urls: vec!["http://localhost:2380".into()],
             snapshot_count: 100_000,
+            quota_backend_bytes: QUOTA_BYTES_DEFAULT,
         }
     }
 }
@@ -193,6 +199,11 @@ const FLAGS: &[Flag] = &[
         name: "snapshot-count",
         value: "N",
         help: "Number of committed transactions to trigger a checkpoint of the data to disk. (default 100000)",
+    },
+    Flag {
+        name: "quota-backend-bytes",
+        value: "BYTES",
+        help: "Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB). (default 0)",
     },
 ];
 
@@ -333,6 +344,10 @@ where
                     return err("--snapshot-count must be at least 1");
                 }
                 cfg.snapshot_count = n;
+            }
+            "quota-backend-bytes" => {
+                let n: u64 = parse_num("quota-backend-bytes", &value)?;
+                cfg.quota_backend_bytes = if n == 0 { QUOTA_BYTES_DEFAULT } else { n };
             }
             other => unreachable!("flag {other} listed but not handled"),
         }

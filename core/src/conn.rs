@@ -52,6 +52,7 @@ enum Method {
     Status,
     MemberList,
     Defragment,
+    Alarm,
 }
 
 /// Maps a call to the method that serves it, or to grpc-go's answer for what we do not serve:
@@ -68,6 +69,7 @@ fn route(service: &str, method: &str) -> Result<Method, Status> {
         ("etcdserverpb.KV", "Compact") => Method::Compact,
         ("etcdserverpb.Maintenance", "Status") => Method::Status,
         ("etcdserverpb.Maintenance", "Defragment") => Method::Defragment,
+        ("etcdserverpb.Maintenance", "Alarm") => Method::Alarm,
         ("etcdserverpb.Cluster", "MemberList") => Method::MemberList,
         _ => {
             let Some(desc) = metastore_proto::SERVICES.iter().find(|d| d.name == service) else {
@@ -143,6 +145,7 @@ fn decode_request(method: Method, message: &[u8], cfg: &Config) -> Result<ShardR
             decode::<pb::DefragmentRequest>(message)?;
             ShardRequest::Defragment
         }
+        Method::Alarm => ShardRequest::Alarm(decode::<pb::AlarmRequest>(message)?),
     })
 }
 

@@ -202,7 +202,12 @@ enum ShardLinkParts {
 }
 
 fn shard_config(cfg: &Config) -> ShardConfig {
-    ShardConfig { data_dir: cfg.data_dir.clone(), snapshot_count: cfg.snapshot_count, log: LogConfig::default() }
+    ShardConfig {
+        data_dir: cfg.data_dir.clone(),
+        quota_bytes: cfg.quota_backend_bytes,
+        snapshot_count: cfg.snapshot_count,
+        log: LogConfig::default(),
+    }
 }
 
 fn member_info(cfg: &Config) -> MemberInfo {

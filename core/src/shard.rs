@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use metastore_net::grpc::{Code, Status};
 use metastore_proto::etcdserverpb as pb;
+use metastore_proto::etcdserverpb::AlarmType;
 use metastore_proto::health::health_check_response::ServingStatus;
 use metastore_raft::eraftpb::Entry;
 use metastore_raft::{RaftCheckpoint, RaftNode, Recovered};
@@ -50,6 +51,7 @@ pub enum ShardRequest {
     Status,
     MemberList,
     Defragment,
+    Alarm(pb::AlarmRequest),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -121,6 +123,8 @@ pub enum Waiter {
 #[derive(Debug, Clone)]
 pub struct ShardConfig {
     pub data_dir: PathBuf,
+    /// `--quota-backend-bytes`: dbSize beyond which writes raise the NOSPACE alarm.
+    pub quota_bytes: u64,
     /// Applied entries between checkpoints (`--snapshot-count`).
     pub snapshot_count: u64,
     pub log: LogConfig,
@@ -132,10 +136,12 @@ mod op {
     pub const DELETE_RANGE: u8 = 2;
     pub const TXN: u8 = 3;
     pub const COMPACT: u8 = 4;
+    pub const ALARM: u8 = 5;
 }
 
 /// Checkpoint section tags.
 const SECTION_RAFT: u32 = 1;
+const SECTION_ALARMS: u32 = 2;
 /// etcd refuses proposals when apply lags commit by more than this many entries.
 pub const UNAPPLIED_ENTRIES_MAX: u64 = 5_000;
 
@@ -196,6 +202,9 @@ pub struct Shard<D: Disk = ReactorDisk> {
     /// History was compacted: reclaim space at the next checkpoint.
     gc_wanted: bool,
     defrag: Defrag,
+    /// Active alarms: (member, AlarmType). Changed only by applied raft entries.
+    alarms: std::collections::BTreeSet<(u64, i32)>,
+    quota_bytes: u64,
 }
 
 /// Maintenance.Defragment's progress: a checkpoint (so every sealed segment is past replay),
@@ -221,7 +230,11 @@ impl<D: Disk> Shard<D> {
         }
         let mut rec = Recovered::default();
         let mut replay_from = Default::default();
+        let mut alarms = std::collections::BTreeSet::new();
         if let Some(img) = &img {
+            if let Some((_, a)) = img.meta.sections.iter().find(|(t, _)| *t == SECTION_ALARMS) {
+                alarms = decode_alarms(a).map_err(|e| format!("checkpoint alarms section: {e}"))?;
+            }
             replay_from = img.meta.replay_from;
             let raft = img
                 .meta
@@ -262,11 +275,12 @@ impl<D: Disk> Shard<D> {
             records = found.records,
             "recovered the shard"
         );
+        let commit = rec.hard_state.as_ref().map_or(0, |h| h.commit);
         let raft = RaftNode::new(member.ids.member_id, rec).map_err(|e| e.to_string())?;
         let mut serving = HashMap::new();
         // As etcd: the server as a whole ("") is registered, and SERVING once started.
         serving.insert(String::new(), ServingStatus::Serving);
-        Ok(Self {
+        let mut shard = Self {
             serving,
             member,
             log,
@@ -288,7 +302,25 @@ impl<D: Disk> Shard<D> {
             relocated: Vec::new(),
             gc_wanted: false,
             defrag: Defrag::default(),
-        })
+            alarms,
+            quota_bytes: cfg.quota_bytes,
+        };
+        // Apply what the log says was committed before serving anything: a read must never see
+        // less than what was acknowledged before the restart.
+        let mut replies = Replies::default();
+        while shard.raft.applied_index() < commit.min(shard.raft.commit_index()) {
+            shard.process_readies(&mut replies)?;
+            if !shard.raft.has_ready() {
+                break;
+            }
+        }
+        shard.process_readies(&mut replies)?;
+        tracing::info!(
+            applied = shard.raft.applied_index(),
+            revision = shard.store.current_revision(),
+            "replayed the log"
+        );
+        Ok(shard)
     }
 
     pub fn store(&self) -> &Store<DurableHistory<D>> {
@@ -355,9 +387,22 @@ impl<D: Disk> Shard<D> {
                 self.member_list().encode_raw(out);
                 Ok(())
             }
-            ShardRequest::Put(r) => return self.propose(op::PUT, &r, waiter),
+            ShardRequest::Alarm(a) => return self.alarm(a, waiter, out),
+            ShardRequest::Put(r) => {
+                if let Some(e) = self.check_space(r.encoded_len()) {
+                    return Outcome::Error(e);
+                }
+                return self.propose(op::PUT, &r, waiter);
+            }
             ShardRequest::DeleteRange(r) => return self.propose(op::DELETE_RANGE, &r, waiter),
-            ShardRequest::Txn(t) => return self.propose(op::TXN, &t, waiter),
+            ShardRequest::Txn(t) => {
+                if kv::txn_has_put(&t) {
+                    if let Some(e) = self.check_space(t.encoded_len()) {
+                        return Outcome::Error(e);
+                    }
+                }
+                return self.propose(op::TXN, &t, waiter);
+            }
             ShardRequest::Compact(r) => return self.propose(op::COMPACT, &r, waiter),
             ShardRequest::Defragment => return self.defragment(waiter),
         };
@@ -398,6 +443,77 @@ impl<D: Disk> Shard<D> {
         }
     }
 
+    /// etcd's quota: with NOSPACE active, or when this request would take dbSize over
+    /// `--quota-backend-bytes` (which raises NOSPACE, through raft), puts fail.
+    fn check_space(&mut self, request_bytes: usize) -> Option<Status> {
+        if self.alarm_active(AlarmType::Nospace) {
+            return Some(nospace());
+        }
+        let db = (DB_BASE_BYTES as u64) + self.log.borrow().disk_bytes();
+        if db + request_bytes as u64 <= self.quota_bytes {
+            return None;
+        }
+        tracing::warn!(db_size = db, quota = self.quota_bytes, "database space exceeded: raising the NOSPACE alarm");
+        let a = pb::AlarmRequest {
+            action: pb::alarm_request::AlarmAction::Activate as i32,
+            member_id: self.member.ids.member_id,
+            alarm: AlarmType::Nospace as i32,
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut data = vec![op::ALARM];
+        data.extend_from_slice(&id.to_le_bytes());
+        a.encode_raw(&mut data);
+        let _ = self.raft.propose(data);
+        Some(nospace())
+    }
+
+    fn alarm_active(&self, t: AlarmType) -> bool {
+        self.alarms.iter().any(|(_, a)| *a == t as i32)
+    }
+
+    /// Maintenance.Alarm: GET answers at once; ACTIVATE and DEACTIVATE go through raft.
+    fn alarm(&mut self, a: pb::AlarmRequest, waiter: Waiter, out: &mut Vec<u8>) -> Outcome {
+        use pb::alarm_request::AlarmAction;
+        match AlarmAction::try_from(a.action) {
+            Ok(AlarmAction::Get) => {
+                let alarms = self
+                    .alarms
+                    .iter()
+                    .filter(|(_, t)| a.alarm == AlarmType::None as i32 || *t == a.alarm)
+                    .map(|&(member_id, alarm)| pb::AlarmMember { member_id, alarm })
+                    .collect();
+                pb::AlarmResponse { header: self.header(self.store.current_revision()), alarms }.encode_raw(out);
+                Outcome::Encoded
+            }
+            Ok(_) => self.propose(op::ALARM, &a, waiter),
+            Err(_) => Outcome::Error(Status::new(Code::INVALID_ARGUMENT, "etcdserver: unknown alarm action")),
+        }
+    }
+
+    fn apply_alarm(&mut self, a: &pb::AlarmRequest, out: &mut Vec<u8>) {
+        use pb::alarm_request::AlarmAction;
+        let mut changed = Vec::new();
+        let key = (a.member_id, a.alarm);
+        match AlarmAction::try_from(a.action) {
+            Ok(AlarmAction::Activate) if a.alarm != AlarmType::None as i32 => {
+                if self.alarms.insert(key) {
+                    tracing::warn!(member = a.member_id, alarm = a.alarm, "alarm raised");
+                }
+                changed.push(key);
+            }
+            Ok(AlarmAction::Deactivate) => {
+                if self.alarms.remove(&key) {
+                    tracing::info!(member = a.member_id, alarm = a.alarm, "alarm disarmed");
+                    changed.push(key);
+                }
+            }
+            _ => {}
+        }
+        let alarms = changed.into_iter().map(|(member_id, alarm)| pb::AlarmMember { member_id, alarm }).collect();
+        pb::AlarmResponse { header: self.header(self.store.current_revision()), alarms }.encode_raw(out);
+    }
+
     fn track(&mut self, ring: usize, add: usize) {
         if self.outstanding.len() <= ring {
             self.outstanding.resize(ring + 1, 0);
@@ -420,22 +536,9 @@ impl<D: Disk> Shard<D> {
         if self.failed.is_some() {
             return None;
         }
-        loop {
-            let mut committed = std::mem::take(&mut self.committed);
-            let r = self.raft.process_ready(&mut self.log.borrow_mut(), &mut committed);
-            for e in committed.drain(..) {
-                self.apply(&e, replies);
-                self.raft.advance_applied(e.index);
-            }
-            self.committed = committed;
-            match r {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    self.fail(format!("{e}"), replies);
-                    return None;
-                }
-            }
+        if let Err(e) = self.process_readies(replies) {
+            self.fail(e, replies);
+            return None;
         }
         if self.flushing_ready.is_some() {
             return None;
@@ -450,6 +553,25 @@ impl<D: Disk> Shard<D> {
             Err(e) => {
                 self.fail(e.to_string(), replies);
                 None
+            }
+        }
+    }
+
+    /// Handles raft's readies until it has none: appends what it wants persisted, applies what
+    /// it has committed.
+    fn process_readies(&mut self, replies: &mut Replies) -> Result<(), String> {
+        loop {
+            let mut committed = std::mem::take(&mut self.committed);
+            let r = self.raft.process_ready(&mut self.log.borrow_mut(), &mut committed);
+            for e in committed.drain(..) {
+                self.apply(&e, replies);
+                self.raft.advance_applied(e.index);
+            }
+            self.committed = committed;
+            match r {
+                Ok(true) => continue,
+                Ok(false) => return Ok(()),
+                Err(e) => return Err(format!("{e}")),
             }
         }
     }
@@ -490,7 +612,13 @@ impl<D: Disk> Shard<D> {
         let id = u64::from_le_bytes(*id);
         let ids = self.ids();
         let mut out = Vec::with_capacity(REPLY_BYTES_INITIAL);
+        let corrupt = self.alarm_active(AlarmType::Corrupt);
+        let capped = self.alarm_active(AlarmType::Nospace);
         let r = match kind {
+            op::PUT | op::DELETE_RANGE | op::TXN | op::COMPACT if corrupt => Err(corrupt_cluster()),
+            op::PUT if capped => Err(nospace()),
+            op::TXN if capped && pb::TxnRequest::decode(msg).is_ok_and(|t| kv::txn_has_put(&t)) => Err(nospace()),
+            op::ALARM => pb::AlarmRequest::decode(msg).map_err(decode_error).map(|a| self.apply_alarm(&a, &mut out)),
             op::PUT => pb::PutRequest::decode(msg)
                 .map_err(decode_error)
                 .and_then(|r| kv::put(&mut self.store, &ids, &NoLeases, &r, &mut out)),
@@ -543,8 +671,8 @@ impl<D: Disk> Shard<D> {
         let raft = self.raft.checkpoint(applied).ok()?;
         let tail = self.log.borrow().tail();
         let replay_from = self.raft.replay_from(applied, tail);
-        let meta =
-            CheckpointMeta { applied_index: applied, replay_from, sections: vec![(SECTION_RAFT, raft.encode())] };
+        let sections = vec![(SECTION_RAFT, raft.encode()), (SECTION_ALARMS, encode_alarms(&self.alarms))];
+        let meta = CheckpointMeta { applied_index: applied, replay_from, sections };
         self.checkpointing = true;
         self.force_checkpoint = false;
         self.checkpoint_replay_from = replay_from;
@@ -677,7 +805,14 @@ impl<D: Disk> Shard<D> {
         let log = self.log.borrow();
         let db = DB_BASE_BYTES + log.disk_bytes() as i64;
         let in_use = DB_BASE_BYTES + self.store.history_bytes() as i64;
-        let mut errors = Vec::new();
+        let mut errors: Vec<String> = self
+            .alarms
+            .iter()
+            .map(|(m, a)| {
+                let name = AlarmType::try_from(*a).map_or("UNKNOWN", |t| t.as_str_name());
+                format!("memberID:{m} alarm:{name} ")
+            })
+            .collect();
         if let Some(why) = &self.failed {
             errors.push(format!("disk failure: {why}"));
         }
@@ -711,6 +846,34 @@ impl<D: Disk> Shard<D> {
     }
 }
 
+fn nospace() -> Status {
+    Status::new(Code::RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded")
+}
+
+fn corrupt_cluster() -> Status {
+    Status::new(Code::DATA_LOSS, "etcdserver: corrupt cluster")
+}
+
+fn encode_alarms(alarms: &std::collections::BTreeSet<(u64, i32)>) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&(alarms.len() as u32).to_le_bytes());
+    for (m, a) in alarms {
+        b.extend_from_slice(&m.to_le_bytes());
+        b.extend_from_slice(&(*a as u32).to_le_bytes());
+    }
+    b
+}
+
+fn decode_alarms(p: &[u8]) -> Result<std::collections::BTreeSet<(u64, i32)>, String> {
+    let mut r = engine::Reader::new(p);
+    let n = r.u32()?;
+    let mut set = std::collections::BTreeSet::new();
+    for _ in 0..n {
+        set.insert((r.u64()?, r.u32()? as i32));
+    }
+    Ok(set)
+}
+
 fn decode_error(e: prost::DecodeError) -> Status {
     Status::new(Code::INTERNAL, format!("etcdserver: cannot decode a raft entry: {e}"))
 }
@@ -738,7 +901,12 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn cfg() -> ShardConfig {
-        ShardConfig { data_dir: PathBuf::from("/data"), snapshot_count: 10, log: LogConfig { segment_bytes: 1 << 16 } }
+        ShardConfig {
+            data_dir: PathBuf::from("/data"),
+            quota_bytes: 2 << 30,
+            snapshot_count: 10,
+            log: LogConfig { segment_bytes: 1 << 16 },
+        }
     }
 
     /// Drives the shard until nothing is left to persist or apply.
@@ -936,5 +1104,80 @@ pub(crate) mod tests {
             (0..10).map(|i| s2.store().get(format!("key{i}").as_bytes()).map(|r| r.mod_revision)).collect();
         assert_eq!(got, want);
         assert_eq!(s2.store().compacted_revision(), rev);
+    }
+
+    #[test]
+    fn nospace_alarm_caps_writes_until_disarmed() {
+        let disk = FaultDisk::new();
+        let cfg = ShardConfig { quota_bytes: 100_000, log: LogConfig { segment_bytes: 8192 }, ..cfg() };
+        let mut s = Shard::open(disk.clone(), &cfg, member()).unwrap();
+        let mut replies = Replies::default();
+        settle_all(&mut s, &disk, &mut replies);
+        let put = |i: usize| {
+            ShardRequest::Put(pb::PutRequest {
+                key: format!("k{i}").into_bytes(),
+                value: vec![1; 1000],
+                ..Default::default()
+            })
+        };
+        let mut refused = None;
+        for i in 0..500 {
+            let mut out = Vec::new();
+            match s.execute(put(i), None, Instant::now(), call(1), &mut out) {
+                Outcome::Pending => settle_all(&mut s, &disk, &mut replies),
+                Outcome::Error(e) => {
+                    refused = Some(e);
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(refused, Some(nospace()), "the quota was reached");
+        settle_all(&mut s, &disk, &mut replies);
+        let get = pb::AlarmRequest { action: pb::alarm_request::AlarmAction::Get as i32, ..Default::default() };
+        let mut out = Vec::new();
+        assert_eq!(
+            s.execute(ShardRequest::Alarm(get.clone()), None, Instant::now(), call(2), &mut out),
+            Outcome::Encoded
+        );
+        let alarms = pb::AlarmResponse::decode(&out[..]).unwrap().alarms;
+        assert_eq!(alarms, vec![pb::AlarmMember { member_id: 2, alarm: AlarmType::Nospace as i32 }]);
+        assert!(s.status().errors.iter().any(|e| e.contains("alarm:NOSPACE")));
+        // Reads and deletes still work; puts do not.
+        let del = ShardRequest::DeleteRange(pb::DeleteRangeRequest {
+            key: b"k".to_vec(),
+            range_end: b"l".to_vec(),
+            ..Default::default()
+        });
+        let mut out = Vec::new();
+        assert_eq!(s.execute(del, None, Instant::now(), call(3), &mut out), Outcome::Pending);
+        settle_all(&mut s, &disk, &mut replies);
+        assert!(matches!(replies.local.last().map(|r| &r.reply), Some(ShardReply::Encoded(_))));
+        assert!(matches!(s.execute(put(9999), None, Instant::now(), call(4), &mut out), Outcome::Error(_)));
+        // The alarm survives a restart.
+        let s2 = Shard::open(disk.crash_clean(), &cfg, member()).unwrap();
+        assert!(s2.alarm_active(AlarmType::Nospace));
+        // Compaction and defragmentation give space back; disarming lifts the cap.
+        let rev = s.store().current_revision();
+        let mut out = Vec::new();
+        s.execute(
+            ShardRequest::Compact(pb::CompactionRequest { revision: rev, physical: true }),
+            None,
+            Instant::now(),
+            call(5),
+            &mut out,
+        );
+        s.execute(ShardRequest::Defragment, None, Instant::now(), call(6), &mut out);
+        settle_all(&mut s, &disk, &mut replies);
+        let disarm = pb::AlarmRequest {
+            action: pb::alarm_request::AlarmAction::Deactivate as i32,
+            member_id: 2,
+            alarm: AlarmType::Nospace as i32,
+        };
+        assert_eq!(s.execute(ShardRequest::Alarm(disarm), None, Instant::now(), call(7), &mut out), Outcome::Pending);
+        settle_all(&mut s, &disk, &mut replies);
+        assert!(!s.alarm_active(AlarmType::Nospace));
+        let mut out = Vec::new();
+        assert_eq!(s.execute(put(1), None, Instant::now(), call(8), &mut out), Outcome::Pending);
     }
 }

@@ -38,7 +38,12 @@ pub(crate) fn member() -> MemberInfo {
 
 /// A shard on the real disk in `dir`; call inside `run`.
 pub(crate) fn shard(dir: &std::path::Path) -> Shard {
-    let cfg = ShardConfig { data_dir: dir.to_path_buf(), snapshot_count: 100_000, log: Default::default() };
+    let cfg = ShardConfig {
+        data_dir: dir.to_path_buf(),
+        quota_bytes: 2 << 30,
+        snapshot_count: 100_000,
+        log: Default::default(),
+    };
     Shard::open(crate::disk::ReactorDisk, &cfg, member()).expect("open shard")
 }
 

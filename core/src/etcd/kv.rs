@@ -436,6 +436,15 @@ fn check_path<'t, H: History>(
     Ok(())
 }
 
+/// Whether any op of either branch (nested txns included) is a put (what NOSPACE refuses).
+pub fn txn_has_put(t: &TxnRequest) -> bool {
+    t.success.iter().chain(&t.failure).any(|op| match &op.request {
+        Some(request_op::Request::RequestPut(_)) => true,
+        Some(request_op::Request::RequestTxn(inner)) => txn_has_put(inner),
+        _ => false,
+    })
+}
+
 /// etcd's isTxnReadonly: every op of both branches is a Range.
 pub fn txn_is_read_only(t: &TxnRequest) -> bool {
     t.success.iter().chain(&t.failure).all(|op| matches!(op.request, Some(request_op::Request::RequestRange(_))))
