@@ -502,11 +502,9 @@ impl<D: Disk> Shard<D> {
                 }
                 changed.push(key);
             }
-            Ok(AlarmAction::Deactivate) => {
-                if self.alarms.remove(&key) {
-                    tracing::info!(member = a.member_id, alarm = a.alarm, "alarm disarmed");
-                    changed.push(key);
-                }
+            Ok(AlarmAction::Deactivate) if self.alarms.remove(&key) => {
+                tracing::info!(member = a.member_id, alarm = a.alarm, "alarm disarmed");
+                changed.push(key);
             }
             _ => {}
         }
@@ -1137,7 +1135,7 @@ pub(crate) mod tests {
         let get = pb::AlarmRequest { action: pb::alarm_request::AlarmAction::Get as i32, ..Default::default() };
         let mut out = Vec::new();
         assert_eq!(
-            s.execute(ShardRequest::Alarm(get.clone()), None, Instant::now(), call(2), &mut out),
+            s.execute(ShardRequest::Alarm(get), None, Instant::now(), call(2), &mut out),
             Outcome::Encoded
         );
         let alarms = pb::AlarmResponse::decode(&out[..]).unwrap().alarms;
