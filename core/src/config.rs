@@ -69,6 +69,8 @@ pub struct Config {
     /// `--quota-backend-bytes`: raise NOSPACE when the data grows past this (etcd default
     /// 2 GiB; 0 means the default).
     pub quota_backend_bytes: u64,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention` (default periodic, 0 = off).
+    pub auto_compaction: Option<crate::compactor::Mode>,
 }
 
 /// etcd's gRPC overhead allowance on top of `--max-request-bytes`.
@@ -96,6 +98,7 @@ impl Default for Config {
             initial_advertise_peer_urls: vec!["http://localhost:2380".into()],
             snapshot_count: 100_000,
             quota_backend_bytes: QUOTA_BYTES_DEFAULT,
+            auto_compaction: None,
         }
     }
 }
@@ -201,6 +204,16 @@ const FLAGS: &[Flag] = &[
         help: "Number of committed transactions to trigger a checkpoint of the data to disk. (default 100000)",
     },
     Flag {
+        name: "auto-compaction-mode",
+        value: "periodic|revision",
+        help: "Interpret 'auto-compaction-retention' as hours or a duration when periodic, as a revision count when revision. (default \"periodic\")",
+    },
+    Flag {
+        name: "auto-compaction-retention",
+        value: "N|DURATION",
+        help: "Auto compaction retention for the MVCC key-value store; 0 disables it. (default \"0\")",
+    },
+    Flag {
         name: "quota-backend-bytes",
         value: "BYTES",
         help: "Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB). (default 0)",
@@ -244,6 +257,8 @@ where
 {
     let mut cfg = Config::default();
     let mut data_dir: Option<PathBuf> = None;
+    let mut compaction_mode = String::from("periodic");
+    let mut compaction_retention = String::from("0");
     let mut seen: Vec<&'static str> = Vec::new();
     let mut it = args.into_iter().map(Into::into);
     while let Some(arg) = it.next() {
@@ -345,6 +360,8 @@ where
                 }
                 cfg.snapshot_count = n;
             }
+            "auto-compaction-mode" => compaction_mode = value,
+            "auto-compaction-retention" => compaction_retention = value,
             "quota-backend-bytes" => {
                 let n: u64 = parse_num("quota-backend-bytes", &value)?;
                 cfg.quota_backend_bytes = if n == 0 { QUOTA_BYTES_DEFAULT } else { n };
@@ -353,6 +370,7 @@ where
         }
     }
     cfg.data_dir = data_dir.unwrap_or_else(|| PathBuf::from(format!("{}.metastore", cfg.name)));
+    cfg.auto_compaction = crate::compactor::parse(&compaction_mode, &compaction_retention).map_err(ConfigError)?;
     Ok(Command::Serve(cfg))
 }
 

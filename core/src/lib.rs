@@ -3,6 +3,7 @@
 
 #[cfg(test)]
 mod alloc_test;
+pub mod compactor;
 pub mod config;
 pub mod conn;
 pub mod disk;

@@ -426,7 +426,9 @@ pub async fn shard_loop(core: Rc<Core>) {
         // Raft: ticks, readies, committed entries; the next flush.
         if last_tick.elapsed() >= tick {
             last_tick = Instant::now();
-            shard.borrow_mut().raft_tick();
+            let mut s = shard.borrow_mut();
+            s.raft_tick();
+            s.auto_compact(last_tick);
         }
         if let Some(done) = core.flushed.borrow_mut().take() {
             shard.borrow_mut().flush_done(done, &mut replies);

@@ -205,6 +205,7 @@ fn shard_config(cfg: &Config) -> ShardConfig {
     ShardConfig {
         data_dir: cfg.data_dir.clone(),
         quota_bytes: cfg.quota_backend_bytes,
+        auto_compaction: cfg.auto_compaction,
         snapshot_count: cfg.snapshot_count,
         log: LogConfig::default(),
     }

@@ -125,6 +125,7 @@ pub struct ShardConfig {
     pub data_dir: PathBuf,
     /// `--quota-backend-bytes`: dbSize beyond which writes raise the NOSPACE alarm.
     pub quota_bytes: u64,
+    pub auto_compaction: Option<crate::compactor::Mode>,
     /// Applied entries between checkpoints (`--snapshot-count`).
     pub snapshot_count: u64,
     pub log: LogConfig,
@@ -205,6 +206,7 @@ pub struct Shard<D: Disk = ReactorDisk> {
     /// Active alarms: (member, AlarmType). Changed only by applied raft entries.
     alarms: std::collections::BTreeSet<(u64, i32)>,
     quota_bytes: u64,
+    compactor: Option<crate::compactor::Compactor>,
 }
 
 /// Maintenance.Defragment's progress: a checkpoint (so every sealed segment is past replay),
@@ -304,6 +306,7 @@ impl<D: Disk> Shard<D> {
             defrag: Defrag::default(),
             alarms,
             quota_bytes: cfg.quota_bytes,
+            compactor: cfg.auto_compaction.map(|m| crate::compactor::Compactor::new(m, Instant::now())),
         };
         // Apply what the log says was committed before serving anything: a read must never see
         // less than what was acknowledged before the restart.
@@ -459,13 +462,28 @@ impl<D: Disk> Shard<D> {
             member_id: self.member.ids.member_id,
             alarm: AlarmType::Nospace as i32,
         };
+        self.propose_unwaited(op::ALARM, &a);
+        Some(nospace())
+    }
+
+    /// Proposes a write no client waits for (alarms, auto-compaction).
+    fn propose_unwaited(&mut self, kind: u8, msg: &impl Message) {
         let id = self.next_id;
         self.next_id += 1;
-        let mut data = vec![op::ALARM];
+        let mut data = vec![kind];
         data.extend_from_slice(&id.to_le_bytes());
-        a.encode_raw(&mut data);
+        msg.encode_raw(&mut data);
         let _ = self.raft.propose(data);
-        Some(nospace())
+    }
+
+    /// Runs auto-compaction when it is due.
+    pub fn auto_compact(&mut self, now: Instant) {
+        let (current, compacted) = (self.store.current_revision(), self.store.compacted_revision());
+        let Some(c) = &mut self.compactor else { return };
+        if let Some(rev) = c.tick(now, current, compacted) {
+            tracing::info!(revision = rev, "auto-compaction");
+            self.propose_unwaited(op::COMPACT, &pb::CompactionRequest { revision: rev, physical: false });
+        }
     }
 
     fn alarm_active(&self, t: AlarmType) -> bool {
@@ -902,6 +920,7 @@ pub(crate) mod tests {
         ShardConfig {
             data_dir: PathBuf::from("/data"),
             quota_bytes: 2 << 30,
+            auto_compaction: None,
             snapshot_count: 10,
             log: LogConfig { segment_bytes: 1 << 16 },
         }
@@ -1134,10 +1153,7 @@ pub(crate) mod tests {
         settle_all(&mut s, &disk, &mut replies);
         let get = pb::AlarmRequest { action: pb::alarm_request::AlarmAction::Get as i32, ..Default::default() };
         let mut out = Vec::new();
-        assert_eq!(
-            s.execute(ShardRequest::Alarm(get), None, Instant::now(), call(2), &mut out),
-            Outcome::Encoded
-        );
+        assert_eq!(s.execute(ShardRequest::Alarm(get), None, Instant::now(), call(2), &mut out), Outcome::Encoded);
         let alarms = pb::AlarmResponse::decode(&out[..]).unwrap().alarms;
         assert_eq!(alarms, vec![pb::AlarmMember { member_id: 2, alarm: AlarmType::Nospace as i32 }]);
         assert!(s.status().errors.iter().any(|e| e.contains("alarm:NOSPACE")));
@@ -1177,5 +1193,24 @@ pub(crate) mod tests {
         assert!(!s.alarm_active(AlarmType::Nospace));
         let mut out = Vec::new();
         assert_eq!(s.execute(put(1), None, Instant::now(), call(8), &mut out), Outcome::Pending);
+    }
+
+    #[test]
+    fn auto_compaction_by_revision_goes_through_raft() {
+        let disk = FaultDisk::new();
+        let cfg = ShardConfig { auto_compaction: Some(crate::compactor::Mode::Revision(5)), ..cfg() };
+        let mut s = Shard::open(disk.clone(), &cfg, member()).unwrap();
+        for i in 0..20 {
+            put(&mut s, &format!("k{i}"), 1);
+        }
+        let current = s.store().current_revision();
+        s.auto_compact(Instant::now());
+        settle(&mut s, &mut Replies::default());
+        assert_eq!(s.store().compacted_revision(), -1, "not due yet");
+        s.auto_compact(Instant::now() + crate::compactor::REVISION_CHECK_INTERVAL + Duration::from_secs(1));
+        settle(&mut s, &mut Replies::default());
+        assert_eq!(s.store().compacted_revision(), current - 5);
+        let s2 = Shard::open(disk.crash_clean(), &cfg, member()).unwrap();
+        assert_eq!(s2.store().compacted_revision(), current - 5, "the compaction is durable");
     }
 }

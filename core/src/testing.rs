@@ -41,6 +41,7 @@ pub(crate) fn shard(dir: &std::path::Path) -> Shard {
     let cfg = ShardConfig {
         data_dir: dir.to_path_buf(),
         quota_bytes: 2 << 30,
+        auto_compaction: None,
         snapshot_count: 100_000,
         log: Default::default(),
     };
