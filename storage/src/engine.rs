@@ -264,7 +264,7 @@ pub fn encode_checkpoint<D: Disk>(store: &Store<DurableHistory<D>>, meta: &Check
     b.extend_from_slice(&meta.replay_from.segment.to_le_bytes());
     b.extend_from_slice(&meta.replay_from.offset.to_le_bytes());
     b.extend_from_slice(&store.current_revision().to_le_bytes());
-    b.extend_from_slice(&store.compacted_revision().to_le_bytes());
+    b.extend_from_slice(&store.first_revision().to_le_bytes());
     // Keys: index generations and the current record.
     let keys = store.dump_keys();
     b.extend_from_slice(&(keys.len() as u64).to_le_bytes());
