@@ -53,6 +53,8 @@ enum Method {
     MemberList,
     Defragment,
     Alarm,
+    Hash,
+    HashKv,
 }
 
 /// Maps a call to the method that serves it, or to grpc-go's answer for what we do not serve:
@@ -70,6 +72,8 @@ fn route(service: &str, method: &str) -> Result<Method, Status> {
         ("etcdserverpb.Maintenance", "Status") => Method::Status,
         ("etcdserverpb.Maintenance", "Defragment") => Method::Defragment,
         ("etcdserverpb.Maintenance", "Alarm") => Method::Alarm,
+        ("etcdserverpb.Maintenance", "Hash") => Method::Hash,
+        ("etcdserverpb.Maintenance", "HashKV") => Method::HashKv,
         ("etcdserverpb.Cluster", "MemberList") => Method::MemberList,
         _ => {
             let Some(desc) = metastore_proto::SERVICES.iter().find(|d| d.name == service) else {
@@ -146,6 +150,11 @@ fn decode_request(method: Method, message: &[u8], cfg: &Config) -> Result<ShardR
             ShardRequest::Defragment
         }
         Method::Alarm => ShardRequest::Alarm(decode::<pb::AlarmRequest>(message)?),
+        Method::Hash => {
+            decode::<pb::HashRequest>(message)?;
+            ShardRequest::Hash
+        }
+        Method::HashKv => ShardRequest::HashKv(decode::<pb::HashKvRequest>(message)?),
     })
 }
 
