@@ -254,18 +254,9 @@ pub fn checkpoint_name(applied_index: u64) -> String {
     format!("{applied_index:016x}{CHECKPOINT_SUFFIX}")
 }
 
-/// Serialises the store's state and `meta` into one checkpoint image (format in FORMAT.md).
-pub fn encode_checkpoint<D: Disk>(store: &Store<DurableHistory<D>>, meta: &CheckpointMeta) -> Vec<u8> {
-    let mut b = Vec::with_capacity(4096);
-    b.extend_from_slice(CHECKPOINT_MAGIC);
-    b.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
-    b.extend_from_slice(&0u32.to_le_bytes());
-    b.extend_from_slice(&meta.applied_index.to_le_bytes());
-    b.extend_from_slice(&meta.replay_from.segment.to_le_bytes());
-    b.extend_from_slice(&meta.replay_from.offset.to_le_bytes());
-    b.extend_from_slice(&store.current_revision().to_le_bytes());
-    b.extend_from_slice(&store.first_revision().to_le_bytes());
-    // Keys: index generations and the current record.
+/// The keys section shared by checkpoints and snapshots: every key's index generations and its
+/// current record.
+pub fn encode_keys<H: History>(b: &mut Vec<u8>, store: &Store<H>) {
     let keys = store.dump_keys();
     b.extend_from_slice(&(keys.len() as u64).to_le_bytes());
     for (key, index, current) in keys {
@@ -295,56 +286,9 @@ pub fn encode_checkpoint<D: Disk>(store: &Store<DurableHistory<D>>, meta: &Check
             }
         }
     }
-    // History: revision → location.
-    let hist = store.history();
-    b.extend_from_slice(&(hist.len() as u64).to_le_bytes());
-    for (rev, loc, bytes) in hist.locations() {
-        for v in [rev.main as u64, rev.sub as u64, loc.segment, loc.offset] {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        b.extend_from_slice(&bytes.to_le_bytes());
-    }
-    b.extend_from_slice(&(meta.sections.len() as u32).to_le_bytes());
-    for (tag, data) in &meta.sections {
-        b.extend_from_slice(&tag.to_le_bytes());
-        b.extend_from_slice(&(data.len() as u64).to_le_bytes());
-        b.extend_from_slice(data);
-    }
-    let crc = crc32c::crc32c(&b);
-    b.extend_from_slice(&crc.to_le_bytes());
-    b
 }
 
-/// The parts of a decoded checkpoint.
-pub struct CheckpointImage {
-    pub meta: CheckpointMeta,
-    rev: i64,
-    compacted: i64,
-    keys: Vec<KeyState>,
-    history: Vec<(Revision, Location, u32)>,
-}
-
-pub fn decode_checkpoint(data: &[u8]) -> Result<CheckpointImage, String> {
-    if data.len() < 4 {
-        return Err("too short".into());
-    }
-    let (body, crc) = data.split_at(data.len() - 4);
-    if crc32c::crc32c(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
-        return Err("checksum mismatch".into());
-    }
-    let mut r = Reader::new(body);
-    if r.bytes(8)? != CHECKPOINT_MAGIC {
-        return Err("not a checkpoint".into());
-    }
-    let version = r.u32()?;
-    if version != CHECKPOINT_VERSION {
-        return Err(format!("checkpoint format version {version}, this build reads {CHECKPOINT_VERSION}"));
-    }
-    r.u32()?;
-    let applied_index = r.u64()?;
-    let replay_from = Location { segment: r.u64()?, offset: r.u64()? };
-    let rev = r.i64()?;
-    let compacted = r.i64()?;
+pub fn decode_keys(r: &mut Reader<'_>) -> Result<Vec<KeyState>, String> {
     let nkeys = r.u64()?;
     let mut keys = Vec::new();
     for _ in 0..nkeys {
@@ -372,6 +316,72 @@ pub fn decode_checkpoint(data: &[u8]) -> Result<CheckpointImage, String> {
         };
         keys.push((key, KeyIndex { modified, generations }, current));
     }
+    Ok(keys)
+}
+
+/// Serialises the store's state and `meta` into one checkpoint image (format in FORMAT.md).
+pub fn encode_checkpoint<D: Disk>(store: &Store<DurableHistory<D>>, meta: &CheckpointMeta) -> Vec<u8> {
+    let mut b = Vec::with_capacity(4096);
+    b.extend_from_slice(CHECKPOINT_MAGIC);
+    b.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&meta.applied_index.to_le_bytes());
+    b.extend_from_slice(&meta.replay_from.segment.to_le_bytes());
+    b.extend_from_slice(&meta.replay_from.offset.to_le_bytes());
+    b.extend_from_slice(&store.current_revision().to_le_bytes());
+    b.extend_from_slice(&store.first_revision().to_le_bytes());
+    encode_keys(&mut b, store);
+    // History: revision → location.
+    let hist = store.history();
+    b.extend_from_slice(&(hist.len() as u64).to_le_bytes());
+    for (rev, loc, bytes) in hist.locations() {
+        for v in [rev.main as u64, rev.sub as u64, loc.segment, loc.offset] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&bytes.to_le_bytes());
+    }
+    b.extend_from_slice(&(meta.sections.len() as u32).to_le_bytes());
+    for (tag, data) in &meta.sections {
+        b.extend_from_slice(&tag.to_le_bytes());
+        b.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        b.extend_from_slice(data);
+    }
+    let crc = crc32c::crc32c(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// The parts of a decoded checkpoint.
+pub struct CheckpointImage {
+    pub meta: CheckpointMeta,
+    pub rev: i64,
+    pub compacted: i64,
+    pub keys: Vec<KeyState>,
+    pub history: Vec<(Revision, Location, u32)>,
+}
+
+pub fn decode_checkpoint(data: &[u8]) -> Result<CheckpointImage, String> {
+    if data.len() < 4 {
+        return Err("too short".into());
+    }
+    let (body, crc) = data.split_at(data.len() - 4);
+    if crc32c::crc32c(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+        return Err("checksum mismatch".into());
+    }
+    let mut r = Reader::new(body);
+    if r.bytes(8)? != CHECKPOINT_MAGIC {
+        return Err("not a checkpoint".into());
+    }
+    let version = r.u32()?;
+    if version != CHECKPOINT_VERSION {
+        return Err(format!("checkpoint format version {version}, this build reads {CHECKPOINT_VERSION}"));
+    }
+    r.u32()?;
+    let applied_index = r.u64()?;
+    let replay_from = Location { segment: r.u64()?, offset: r.u64()? };
+    let rev = r.i64()?;
+    let compacted = r.i64()?;
+    let keys = decode_keys(&mut r)?;
     let nhist = r.u64()?;
     let mut history = Vec::new();
     for _ in 0..nhist {

@@ -7,3 +7,5 @@ pub mod engine;
 pub mod fault;
 pub mod log;
 pub mod mvcc;
+pub mod sha256;
+pub mod snapshot;
