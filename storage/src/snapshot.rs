@@ -87,7 +87,7 @@ impl Image {
 /// Checks and decodes a snapshot stream (`skip_hash`: accept one without a valid trailer, as
 /// `etcdctl snapshot restore --skip-hash-check` does).
 pub fn decode(data: &[u8], skip_hash: bool) -> Result<Image, String> {
-    if data.len() < TRAILER_BYTES + 12 || (data.len() - TRAILER_BYTES) % BLOCK_BYTES != 0 {
+    if data.len() < TRAILER_BYTES + 12 || !(data.len() - TRAILER_BYTES).is_multiple_of(BLOCK_BYTES) {
         return Err(format!(
             "not a snapshot: {} bytes is not a whole number of 512-byte blocks plus a trailer",
             data.len()
