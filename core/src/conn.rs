@@ -55,6 +55,7 @@ enum Method {
     Alarm,
     Hash,
     HashKv,
+    Snapshot,
 }
 
 /// Maps a call to the method that serves it, or to grpc-go's answer for what we do not serve:
@@ -74,6 +75,7 @@ fn route(service: &str, method: &str) -> Result<Method, Status> {
         ("etcdserverpb.Maintenance", "Alarm") => Method::Alarm,
         ("etcdserverpb.Maintenance", "Hash") => Method::Hash,
         ("etcdserverpb.Maintenance", "HashKV") => Method::HashKv,
+        ("etcdserverpb.Maintenance", "Snapshot") => Method::Snapshot,
         ("etcdserverpb.Cluster", "MemberList") => Method::MemberList,
         _ => {
             let Some(desc) = metastore_proto::SERVICES.iter().find(|d| d.name == service) else {
@@ -155,6 +157,10 @@ fn decode_request(method: Method, message: &[u8], cfg: &Config) -> Result<ShardR
             ShardRequest::Hash
         }
         Method::HashKv => ShardRequest::HashKv(decode::<pb::HashKvRequest>(message)?),
+        Method::Snapshot => {
+            decode::<pb::SnapshotRequest>(message)?;
+            ShardRequest::Snapshot
+        }
     })
 }
 
@@ -349,6 +355,29 @@ impl Conn {
     }
 }
 
+/// Bytes of snapshot per message, as etcd sends them.
+const SNAPSHOT_CHUNK_BYTES: usize = 32 << 10;
+
+/// Streams a snapshot as etcd does: the data in 32 KiB blobs with the bytes still to come, then
+/// one last message whose blob is the SHA-256 trailer (remaining 0).
+fn send_snapshot(grpc: &mut GrpcConn, stream: u32, bytes: &[u8]) {
+    let split = bytes.len().saturating_sub(metastore_storage::snapshot::TRAILER_BYTES);
+    let (data, sha) = bytes.split_at(split);
+    let mut sent = 0usize;
+    for chunk in data.chunks(SNAPSHOT_CHUNK_BYTES) {
+        sent += chunk.len();
+        let msg = pb::SnapshotResponse {
+            remaining_bytes: (data.len() - sent) as u64,
+            blob: chunk.to_vec(),
+            ..Default::default()
+        };
+        grpc.send_message(stream, |b| msg.encode_raw(b));
+    }
+    let last = pb::SnapshotResponse { remaining_bytes: 0, blob: sha.to_vec(), ..Default::default() };
+    grpc.send_message(stream, |b| last.encode_raw(b));
+    grpc.finish(stream, &Status::ok());
+}
+
 fn deadline_exceeded() -> Status {
     Status::new(Code::DEADLINE_EXCEEDED, "context deadline exceeded")
 }
@@ -438,6 +467,10 @@ impl ConnState {
                 } else {
                     core.health_watchers.borrow_mut().push((self.app.call_ref(stream), known));
                 }
+            }
+            (Method::Snapshot, Outcome::Encoded) => {
+                self.app.calls.remove(&stream);
+                send_snapshot(&mut self.grpc, stream, encoded);
             }
             (_, Outcome::Encoded) => {
                 self.app.calls.remove(&stream);

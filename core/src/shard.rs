@@ -54,6 +54,7 @@ pub enum ShardRequest {
     Alarm(pb::AlarmRequest),
     Hash,
     HashKv(pb::HashKvRequest),
+    Snapshot,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -143,7 +144,7 @@ mod op {
 }
 
 /// Checkpoint section tags.
-const SECTION_RAFT: u32 = 1;
+pub const SECTION_RAFT: u32 = 1;
 const SECTION_ALARMS: u32 = 2;
 /// etcd refuses proposals when apply lags commit by more than this many entries.
 pub const UNAPPLIED_ENTRIES_MAX: u64 = 5_000;
@@ -400,6 +401,11 @@ impl<D: Disk> Shard<D> {
                     pb::HashKvResponse { header, hash, compact_revision: compact, hash_revision: 0 }.encode_raw(out);
                 })
             }
+            // A consistent image of the whole state, history included, built here (the state
+            // cannot change meanwhile: this core is busy with it).
+            ShardRequest::Snapshot => metastore_storage::snapshot::encode(&self.store, &[])
+                .map_err(crate::etcd::errors::mvcc)
+                .map(|b| out.extend_from_slice(&b)),
             ShardRequest::Hash => self.store.hash_kv(0).map_err(crate::etcd::errors::mvcc).map(|(hash, _, _)| {
                 pb::HashResponse { header: self.header(self.store.current_revision()), hash }.encode_raw(out);
             }),

@@ -1,8 +1,7 @@
 //! A minimal unary gRPC client over the `h2` crate (an HTTP/2 implementation we did not write),
 //! with prost for the messages: one connection, one call at a time. Talks to any gRPC server —
 //! MetaStore or a real etcd — so that tests can send both the same bytes and compare what comes
-//! back. A transport failure (connection refused, protocol error, hang) panics: it is never a
-//! gRPC status, and the caller cannot compare it.
+//! back. A failed connect panics; a call that fails below gRPC answers [`NOT_GRPC`].
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -16,6 +15,9 @@ use tokio::task::JoinHandle;
 
 /// A call that takes longer than this is a hang: the test fails instead of blocking CI.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Not a gRPC status code: the call failed below gRPC (see [`Client::unary`]).
+pub const NOT_GRPC: u32 = 1000;
 
 /// One HTTP/2 connection to a gRPC server. Must be used inside a tokio runtime.
 pub struct Client {
@@ -40,7 +42,10 @@ impl Client {
     }
 
     /// A unary call: `Ok(response message)` on grpc-status 0, else `Err((code, message))`
-    /// with the message percent-decoded as the gRPC spec says.
+    /// with the message percent-decoded as the gRPC spec says. A call that fails below gRPC (the
+    /// connection or stream broke, the reply is not a well-formed gRPC reply, or no answer within
+    /// a minute) is `Err((NOT_GRPC, what happened))`, so that a caller comparing two servers
+    /// reports it like any other difference.
     pub async fn unary(&mut self, path: &str, req: &impl prost::Message) -> Result<Vec<u8>, (u32, String)> {
         self.unary_raw(path, &req.encode_to_vec()).await
     }
@@ -49,12 +54,13 @@ impl Client {
     pub async fn unary_raw(&mut self, path: &str, message: &[u8]) -> Result<Vec<u8>, (u32, String)> {
         let addr = self.addr;
         match tokio::time::timeout(CALL_TIMEOUT, self.call(path, message)).await {
-            Ok(r) => r,
-            Err(_) => panic!("gRPC call {path} to {addr} did not finish within {CALL_TIMEOUT:?}"),
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => Err((NOT_GRPC, format!("{path} to {addr}: {e}"))),
+            Err(_) => Err((NOT_GRPC, format!("{path} to {addr}: no answer within {CALL_TIMEOUT:?}"))),
         }
     }
 
-    async fn call(&mut self, path: &str, message: &[u8]) -> Result<Vec<u8>, (u32, String)> {
+    async fn call(&mut self, path: &str, message: &[u8]) -> Result<Result<Vec<u8>, (u32, String)>, String> {
         let req = Request::builder()
             .method("POST")
             .uri(format!("http://{}{path}", self.addr))
@@ -62,8 +68,8 @@ impl Client {
             .header("te", "trailers")
             .body(())
             .unwrap();
-        let mut send = self.send.clone().ready().await.expect("connection ready");
-        let (resp, mut tx) = send.send_request(req, false).expect("send_request");
+        let mut send = self.send.clone().ready().await.map_err(|e| format!("connection not ready: {e}"))?;
+        let (resp, mut tx) = send.send_request(req, false).map_err(|e| format!("send_request: {e}"))?;
         let mut body = Vec::with_capacity(5 + message.len());
         body.push(0);
         body.extend_from_slice(&(message.len() as u32).to_be_bytes());
@@ -71,29 +77,32 @@ impl Client {
         // A server may answer (and reset the stream) before it has read the whole request, as
         // grpc-go does for errors: a failed send is not the result; the answer is.
         let _ = tx.send_data(Bytes::from(body), true);
-        let resp = resp.await.unwrap_or_else(|e| panic!("{path}: response head: {e}"));
+        let resp = resp.await.map_err(|e| format!("response head: {e}"))?;
         let (parts, mut rx) = resp.into_parts();
-        assert_eq!(parts.status.as_u16(), 200, "{path}: HTTP status {:?}", parts.status);
+        if parts.status.as_u16() != 200 {
+            return Err(format!("HTTP status {}", parts.status));
+        }
         let trailers_only = rx.is_end_stream();
         let mut buf = Vec::new();
         while let Some(chunk) = rx.data().await {
-            let chunk = chunk.unwrap_or_else(|e| panic!("{path}: response body: {e}"));
-            rx.flow_control().release_capacity(chunk.len()).unwrap();
+            let chunk = chunk.map_err(|e| format!("response body: {e}"))?;
+            let _ = rx.flow_control().release_capacity(chunk.len());
             buf.extend_from_slice(&chunk);
         }
-        let trailers =
-            if trailers_only { None } else { rx.trailers().await.unwrap_or_else(|e| panic!("{path}: trailers: {e}")) };
+        let trailers = if trailers_only { None } else { rx.trailers().await.map_err(|e| format!("trailers: {e}"))? };
         let status_map: &HeaderMap = match &trailers {
             Some(t) => t,
             None => &parts.headers,
         };
-        let (code, msg) = status_of(status_map).unwrap_or_else(|| panic!("{path}: no grpc-status in the reply"));
+        let (code, msg) = status_of(status_map).ok_or("no grpc-status in the reply")?;
         if code != 0 {
-            return Err((code, msg));
+            return Ok(Err((code, msg)));
         }
-        let mut messages = split_messages(&buf).unwrap_or_else(|e| panic!("{path}: {e}"));
-        assert_eq!(messages.len(), 1, "{path}: a unary reply must carry exactly one message");
-        Ok(messages.pop().unwrap())
+        let mut messages = split_messages(&buf)?;
+        if messages.len() != 1 {
+            return Err(format!("a unary reply with {} messages", messages.len()));
+        }
+        Ok(Ok(messages.pop().unwrap()))
     }
 
     /// Closes the connection and waits for it to end.
