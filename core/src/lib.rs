@@ -18,3 +18,4 @@ pub mod shard;
 mod test_client;
 #[cfg(test)]
 mod testing;
+pub mod tools;

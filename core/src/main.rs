@@ -7,7 +7,27 @@ use metastore_core::config::{self, Command};
 use metastore_core::server;
 
 fn main() -> ExitCode {
-    let cfg = match config::parse_args(std::env::args().skip(1)) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let tool = match args.first().map(String::as_str) {
+        Some("snapshot") if args.get(1).map(String::as_str) == Some("restore") => {
+            Some(metastore_core::tools::snapshot_restore(&args[2..]))
+        }
+        Some("repair") => Some(metastore_core::tools::repair(&args[1..])),
+        _ => None,
+    };
+    if let Some(r) = tool {
+        return match r {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("metastore: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let cfg = match config::parse_args(args) {
         Ok(Command::Serve(cfg)) => cfg,
         Ok(Command::Help) => {
             print!("{}", config::usage());

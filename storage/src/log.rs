@@ -575,3 +575,47 @@ impl<D: Disk> Log<D> {
         &self.dir
     }
 }
+
+/// Cuts the log at its first corrupt record, repeatedly, until it opens: the bad segment is
+/// zeroed from the bad record on and every later segment is removed. Returns what was done (an
+/// empty list if the log was intact). Everything after the cut is lost, acknowledged or not;
+/// this is the documented way out when recovery refuses to start.
+pub fn repair<D: Disk + Clone>(disk: D, dir: &Path) -> Result<Vec<String>, LogError> {
+    let mut actions = Vec::new();
+    for _ in 0..64 {
+        match Log::open(disk.clone(), dir, LogConfig::default(), |_, _, _| Ok(())) {
+            Ok(_) => return Ok(actions),
+            Err(LogError::Corrupt { file, offset, reason }) => {
+                let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let seq = parse_segment_name(&name)
+                    .ok_or_else(|| LogError::Failed(format!("cannot repair {}: not a segment", file.display())))?;
+                let f = disk.open(&file)?;
+                let len = f.len()?;
+                let cut = offset.max(SEGMENT_HEADER_BYTES).min(len);
+                if offset < SEGMENT_HEADER_BYTES {
+                    // The header itself is bad: the whole segment goes.
+                    drop(f);
+                    disk.remove(&file)?;
+                } else {
+                    f.write_at_blocking(&vec![0u8; (len - cut) as usize], cut)?;
+                    f.sync_data_blocking()?;
+                }
+                actions.push(format!(
+                    "cut {} at offset {offset} ({reason}): {} bytes dropped",
+                    file.display(),
+                    len - cut
+                ));
+                let mut later: Vec<u64> =
+                    disk.list(dir)?.iter().filter_map(|n| parse_segment_name(n)).filter(|s| *s > seq).collect();
+                later.sort_unstable();
+                for s in later {
+                    disk.remove(&dir.join(segment_name(s)))?;
+                    actions.push(format!("removed {} (after the cut)", segment_name(s)));
+                }
+                disk.sync_dir(dir)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(LogError::Failed("the log could not be repaired".into()))
+}

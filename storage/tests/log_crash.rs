@@ -220,3 +220,29 @@ fn records_read_back_and_damage_is_named() {
     assert!(msg.contains("0000000000000001.seg") && msg.contains(&b.offset.to_string()), "{msg}");
     assert!(msg.contains("metastore repair"), "the error says the way out: {msg}");
 }
+
+#[test]
+fn repair_cuts_at_the_first_bad_record_and_the_log_opens_again() {
+    use metastore_storage::log::repair;
+    let disk = FaultDisk::new();
+    let (mut log, _) = open(&disk).unwrap();
+    let mut locs = Vec::new();
+    for i in 0..40u8 {
+        locs.push(log.append(kind::HISTORY, |b| b.extend_from_slice(&[i; 300])).unwrap());
+        let f = log.start_flush().unwrap().unwrap();
+        log.finish_flush(now(f.run())).unwrap();
+    }
+    assert!(disk.files().len() > 2, "several segments");
+    // Damage a record in the middle of the second segment.
+    let bad = locs.iter().find(|l| l.segment == 2).copied().unwrap();
+    let file = disk.files().into_iter().find(|p| p.ends_with("0000000000000002.seg")).unwrap();
+    disk.flip_bit(&file, bad.offset as usize + 20, 1);
+    assert!(matches!(open(&disk), Err(LogError::Corrupt { .. })));
+    let actions = repair(disk.clone(), Path::new(DIR)).unwrap();
+    assert!(actions[0].contains("0000000000000002.seg") && actions[0].contains(&bad.offset.to_string()), "{actions:?}");
+    assert!(actions.iter().any(|a| a.contains("removed 0000000000000003.seg")), "{actions:?}");
+    let (_, got) = open(&disk).unwrap();
+    let before_cut = locs.iter().filter(|l| **l < bad).count();
+    assert_eq!(got.len(), before_cut, "everything before the bad record is kept");
+    assert!(repair(disk.clone(), Path::new(DIR)).unwrap().is_empty(), "a second repair finds nothing");
+}
