@@ -259,7 +259,13 @@ async fn core_main(
     let link = match link {
         ShardLinkParts::Local(inbound) => {
             // The shard recovers here, inside this core's reactor, before anything is served.
-            let opened = Shard::open(ReactorDisk, &shard_config(&shared.cfg), member_info(&shared.cfg));
+            let mut opened = Shard::open(ReactorDisk, &shard_config(&shared.cfg), member_info(&shared.cfg));
+            // Apply everything the log holds before announcing anything (see finish_recovery).
+            if let Ok(s) = &mut opened {
+                if let Err(e) = s.finish_recovery().await {
+                    opened = Err(e);
+                }
+            }
             let shard = match opened {
                 Ok(s) => {
                     if let Some(r) = &ready {

@@ -591,6 +591,38 @@ impl<D: Disk> Shard<D> {
         }
     }
 
+    /// Recovery's last step, before anything is served. The log may hold entries past its
+    /// durable commit index: a batch is applied and answered once it is durable, and the hard
+    /// state carrying its commit index goes out with the next batch, which a crash can stop.
+    /// Those writes may have been acknowledged; this term's first entry commits them again once
+    /// it is durable. Until they are applied the store is behind what clients were told, so no
+    /// read may be served (and no new proposal may reuse a replayed entry's id) before this
+    /// returns — as etcd, whose linearizable reads wait for this term's first entry.
+    pub async fn finish_recovery(&mut self) -> Result<(), String> {
+        let target = self.raft.last_index();
+        let mut replies = Replies::default();
+        while self.raft.applied_index() < target {
+            if let Some(flush) = self.drive(&mut replies) {
+                let done = flush.run().await;
+                self.flush_done(done, &mut replies);
+            } else if let Some(why) = &self.failed {
+                return Err(why.clone());
+            } else if !self.raft.has_ready() {
+                return Err(format!(
+                    "recovery stalled: applied {} of the {target} entries in the log",
+                    self.raft.applied_index()
+                ));
+            }
+        }
+        debug_assert!(replies.is_empty(), "no one waits for a replayed entry");
+        tracing::info!(
+            applied = self.raft.applied_index(),
+            revision = self.store.current_revision(),
+            "applied every recovered entry"
+        );
+        Ok(())
+    }
+
     /// Handles raft's readies until it has none: appends what it wants persisted, applies what
     /// it has committed.
     fn process_readies(&mut self, replies: &mut Replies) -> Result<(), String> {
@@ -1023,6 +1055,28 @@ pub(crate) mod tests {
         let s2 = shard(&after);
         assert_eq!(s2.store().current_revision(), 32);
         assert_eq!(s2.store().live_keys(), 31);
+    }
+
+    #[test]
+    fn an_acknowledged_write_past_the_durable_commit_index_is_applied_before_serving() {
+        let disk = FaultDisk::new();
+        let mut s = shard(&disk);
+        let req = ShardRequest::Put(pb::PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() });
+        let mut out = Vec::new();
+        assert_eq!(s.execute(req, None, Instant::now(), call(7), &mut out), Outcome::Pending);
+        let mut replies = Replies::default();
+        let f = s.drive(&mut replies).expect("the put's batch");
+        s.flush_done(now(f.run()), &mut replies);
+        // Committed, applied and answered; the hard state with its commit index goes into the
+        // next batch, whose flush never completes.
+        let next = s.drive(&mut replies);
+        assert_eq!(replies.local.len(), 1, "the put was acknowledged");
+        assert!(next.is_some(), "the commit index waits in the next batch");
+        let mut s2 = Shard::open(disk.crash_clean(), &cfg(), member()).unwrap();
+        assert_eq!(s2.store().current_revision(), 1, "open alone applies up to the durable commit index");
+        now(s2.finish_recovery()).unwrap();
+        assert_eq!(s2.store().current_revision(), 2, "the acknowledged put is there before anything is served");
+        assert_eq!(s2.store().get(b"k").map(|r| r.value.to_vec()), Some(b"v".to_vec()));
     }
 
     #[test]

@@ -417,12 +417,17 @@ pub fn write_checkpoint<D: Disk>(disk: &D, dir: &Path, applied_index: u64, image
     let path = dir.join(&name);
     disk.rename(&tmp, &path)?;
     disk.sync_dir(dir)?;
-    let mut names: Vec<String> = disk.list(dir)?.into_iter().filter(|n| n.ends_with(CHECKPOINT_SUFFIX)).collect();
+    let listed = disk.list(dir)?;
+    // Temporary files of checkpoints whose writer was killed (one writer at a time: none is
+    // being written now).
+    let stale: Vec<&String> = listed.iter().filter(|n| n.ends_with(&format!("{CHECKPOINT_SUFFIX}.tmp"))).collect();
+    let mut names: Vec<&String> = listed.iter().filter(|n| n.ends_with(CHECKPOINT_SUFFIX)).collect();
     names.sort();
-    if names.len() > CHECKPOINTS_KEPT {
-        for old in &names[..names.len() - CHECKPOINTS_KEPT] {
-            disk.remove(&dir.join(old))?;
-        }
+    let old = &names[..names.len().saturating_sub(CHECKPOINTS_KEPT)];
+    for n in old.iter().chain(&stale) {
+        disk.remove(&dir.join(n))?;
+    }
+    if !old.is_empty() || !stale.is_empty() {
         disk.sync_dir(dir)?;
     }
     Ok(path)

@@ -1,5 +1,6 @@
 //! Shared by the integration tests: starts a real `metastore` process on a free loopback port
-//! (port 0, read back from the data dir), and stops exactly that process by its PID.
+//! (port 0, read back from the data dir), stops (SIGTERM) or kills (SIGKILL) exactly that process
+//! by its PID, and restarts it on the same data dir.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod etcd;
@@ -33,53 +34,115 @@ pub struct TestServer {
     pub dir: PathBuf,
     pub driver: String,
     log: PathBuf,
+    /// The flags after the fixed ones, as given to [`TestServer::start`] (restarts reuse them).
+    extra: Vec<String>,
+    /// Processes started on this data dir so far (the first is 1).
+    pub incarnation: u32,
 }
 
 impl TestServer {
     /// Starts `metastore --io-driver <driver>` on 127.0.0.1:0 with `extra` flags.
     pub fn start(driver: &str, extra: &[&str]) -> Self {
         let dir = temp_dir("srv");
-        let data = dir.join("data");
         let log = dir.join("server.log");
-        let logf = std::fs::File::create(&log).unwrap();
+        std::fs::File::create(&log).unwrap();
+        let mut srv = TestServer {
+            child: None,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            dir,
+            driver: driver.into(),
+            log,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            incarnation: 0,
+        };
+        srv.launch();
+        srv
+    }
+
+    /// Kills the process with SIGKILL (by its PID: no shutdown, nothing flushed) and reaps it.
+    pub fn kill9(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        let status = child.wait().unwrap();
+        // Anything else means it had died on its own before the signal.
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9), "metastore had exited ({status}) before the SIGKILL:\n{}", self.log());
+    }
+
+    /// Starts the server again on the same data dir, with the same driver and flags, on a new
+    /// port 0 (the process must have been stopped, e.g. by [`TestServer::kill9`]).
+    pub fn restart(&mut self) {
+        let extra = self.extra.clone();
+        self.restart_with(&extra.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    }
+
+    /// As [`TestServer::restart`], with other flags after the fixed ones (they stay for later
+    /// restarts).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        assert!(self.child.is_none(), "restart of a running server: kill9 it first");
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.launch();
+    }
+
+    /// Spawns the process on `self.dir/data` (appending to the log) and waits until it serves.
+    fn launch(&mut self) {
+        let data = self.dir.join("data");
+        let urls = data.join("client-urls");
+        // A stale file from the last process would name its (dead) port.
+        match std::fs::remove_file(&urls) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot remove {}: {e}", urls.display()),
+        }
+        self.incarnation += 1;
+        let mut logf = std::fs::OpenOptions::new().append(true).open(&self.log).unwrap();
+        if self.incarnation > 1 {
+            writeln!(
+                logf,
+                "===== test harness: start #{} on the same data dir, flags {:?} =====",
+                self.incarnation, self.extra
+            )
+            .unwrap();
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_metastore"))
-            .args(["--listen-client-urls", "http://127.0.0.1:0", "--io-driver", driver, "--data-dir"])
+            .args(["--listen-client-urls", "http://127.0.0.1:0", "--io-driver", &self.driver, "--data-dir"])
             .arg(&data)
-            .args(extra)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(logf)
             .env("RUST_LOG", std::env::var("METASTORE_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .spawn()
             .expect("start metastore");
-        let urls = data.join("client-urls");
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        let mut srv =
-            TestServer { child: Some(child), addr: "127.0.0.1:1".parse().unwrap(), dir, driver: driver.into(), log };
         loop {
             if let Ok(s) = std::fs::read_to_string(&urls) {
                 if let Some(line) = s.lines().next() {
-                    srv.addr = line.trim_start_matches("http://").parse().unwrap();
+                    self.addr = line.trim_start_matches("http://").parse().unwrap();
                     break;
                 }
             }
-            if let Some(status) = srv.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("metastore exited early ({status}):\n{}", srv.log());
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                panic!("metastore exited early ({status}):\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "metastore did not start:\n{}", srv.log());
-            std::thread::sleep(Duration::from_millis(20));
+            assert!(Instant::now() < deadline, "metastore did not start:\n{}", self.log());
+            // Short: a restart test's first request should follow the announcement closely.
+            std::thread::sleep(Duration::from_millis(5));
         }
         // The file is written before the threads run; wait until a connection is served.
-        while http_get(srv.addr, "/metrics").is_err() {
-            assert!(Instant::now() < deadline, "metastore does not answer:\n{}", srv.log());
-            std::thread::sleep(Duration::from_millis(20));
+        while http_get(self.addr, "/metrics").is_err() {
+            assert!(Instant::now() < deadline, "metastore does not answer:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(5));
         }
-        let m = srv.metrics();
-        let want = if driver == "uring" { "io_uring" } else { "epoll" };
+        let m = self.metrics();
+        let want = if self.driver == "uring" { "io_uring" } else { "epoll" };
         assert!(
             m.contains(&format!("metastore_io_driver{{driver=\"{want}\"}} 1")),
-            "asked for {driver}, metrics say:\n{m}"
+            "asked for {}, metrics say:\n{m}",
+            self.driver
         );
-        srv
     }
 
     pub fn pid(&self) -> u32 {
