@@ -916,6 +916,14 @@ impl Connection {
             s.send_window -= n as i64;
             self.send_window -= n as i64;
             if !all {
+                if self.send_window <= 0 {
+                    // The connection window ran out: this stream goes on first when credit comes
+                    // back. Sending later streams ahead of it could spend the whole window on
+                    // bytes a client that reads in order does not release yet: a deadlock.
+                    self.blocked.push_front(id);
+                    break;
+                }
+                // Its own window ran out: the others may go on meanwhile.
                 self.blocked.push_back(id);
                 continue;
             }

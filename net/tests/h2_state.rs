@@ -500,6 +500,56 @@ fn connection_window_is_shared_and_refilled() {
     assert_eq!(p.rst_code(1), Some(ErrorCode::FLOW_CONTROL_ERROR));
 }
 
+/// The streams' DATA payload bytes, in the order they left, as (stream, bytes) runs.
+fn data_runs(frames: &[Frame]) -> Vec<(u32, usize)> {
+    let mut runs: Vec<(u32, usize)> = Vec::new();
+    for f in frames.iter().filter(|f| f.hdr.kind == kind::DATA && !f.payload.is_empty()) {
+        match runs.last_mut() {
+            Some((id, n)) if *id == f.hdr.stream_id => *n += f.payload.len(),
+            _ => runs.push((f.hdr.stream_id, f.payload.len())),
+        }
+    }
+    runs
+}
+
+#[test]
+fn connection_credit_goes_to_streams_in_the_order_they_blocked() {
+    // Regression: a stream cut short by the connection window went to the back of the queue, so
+    // later streams took the next credit. A client that reads responses in order (and releases
+    // connection credit only for what it read) then never gets the rest of the first: deadlock.
+    let mut p = peer();
+    let body = vec![1u8; 30_000];
+    for id in [1, 3, 5, 7] {
+        p.request(id, true);
+        p.conn.send_headers(id, &[(b":status", b"200")], false);
+        p.conn.send_data(id, &body, true);
+    }
+    // 65,535 bytes of connection credit: streams 1 and 3 whole, 5,535 bytes of stream 5.
+    assert_eq!(data_runs(&p.frames()), [(1, 30_000), (3, 30_000), (5, 5_535)]);
+    p.window_update(0, 10_000);
+    assert_eq!(data_runs(&p.frames()), [(5, 10_000)], "stream 5 keeps its turn");
+    p.window_update(0, 20_000);
+    assert_eq!(data_runs(&p.frames()), [(5, 14_465), (7, 5_535)]);
+    p.window_update(0, 1 << 20);
+    assert_eq!(data_runs(&p.frames()), [(7, 24_465)]);
+    assert_eq!(p.conn.active_streams(), 0);
+    // A stream held by its own window lets the others use the connection's credit meanwhile.
+    let mut p = peer();
+    p.settings(&[(frame::setting::INITIAL_WINDOW_SIZE, 100)]);
+    p.frames();
+    for id in [1, 3] {
+        p.request(id, true);
+        p.conn.send_headers(id, &[(b":status", b"200")], false);
+        p.conn.send_data(id, &body[..500], true);
+    }
+    assert_eq!(data_runs(&p.frames()), [(1, 100), (3, 100)]);
+    p.window_update(3, 1000);
+    assert_eq!(data_runs(&p.frames()), [(3, 400)]);
+    p.window_update(1, 1000);
+    assert_eq!(data_runs(&p.frames()), [(1, 400)]);
+    assert_eq!(p.conn.active_streams(), 0);
+}
+
 #[test]
 fn response_larger_than_frame_size_is_split() {
     let mut p = peer();
