@@ -80,6 +80,7 @@ fn shared(cores: usize) -> Arc<Shared> {
         driver: "test",
         stats: (0..cores).map(|_| CoreStats::default()).collect(),
         stop: StopSignal::new(cores),
+        shard_stats: Default::default(),
     })
 }
 

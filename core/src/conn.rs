@@ -755,6 +755,7 @@ mod tests {
             driver: "test",
             stats: vec![CoreStats::default(), CoreStats::default()],
             stop: StopSignal::new(2),
+            shard_stats: Default::default(),
         });
         let (tx, mut shard_rx) = ring::channel(2);
         let (_reply_tx, reply_rx) = ring::channel(2);
@@ -790,6 +791,7 @@ mod tests {
             driver: "test",
             stats: vec![CoreStats::default()],
             stop: StopSignal::new(1),
+            shard_stats: Default::default(),
         });
         let dir = crate::testing::temp_dir("deadlines");
         let shard = crate::testing::shard(&dir);

@@ -79,6 +79,58 @@ pub fn metrics(shared: &Shared) -> String {
             let _ = writeln!(s, "{name}{{core=\"{i}\"}} {}", get(c));
         }
     }
+    let st = &shared.shard_stats;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    // etcd's names where the figure is the same thing.
+    let _ =
+        writeln!(s, "# HELP etcd_disk_wal_fsync_duration_seconds The latency distributions of fsync called by WAL.");
+    let _ = writeln!(s, "# TYPE etcd_disk_wal_fsync_duration_seconds histogram");
+    let mut cumulative = 0;
+    for (i, b) in crate::reactor::FSYNC_BUCKETS.iter().enumerate() {
+        cumulative += get(&st.fsync_buckets[i]);
+        let _ = writeln!(s, "etcd_disk_wal_fsync_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}");
+    }
+    cumulative += get(&st.fsync_buckets[crate::reactor::FSYNC_BUCKETS.len()]);
+    let _ = writeln!(s, "etcd_disk_wal_fsync_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(s, "etcd_disk_wal_fsync_duration_seconds_sum {}", get(&st.fsync_us_total) as f64 / 1e6);
+    let _ = writeln!(s, "etcd_disk_wal_fsync_duration_seconds_count {}", get(&st.fsyncs));
+    for (name, kind, help, v) in [
+        (
+            "etcd_server_proposals_committed_total",
+            "gauge",
+            "The total number of consensus proposals committed.",
+            get(&st.raft_committed),
+        ),
+        (
+            "etcd_server_proposals_applied_total",
+            "gauge",
+            "The total number of consensus proposals applied.",
+            get(&st.raft_applied),
+        ),
+        ("etcd_server_has_leader", "gauge", "Whether or not a leader exists. 1 is existence, 0 is not.", 1),
+        ("etcd_server_is_leader", "gauge", "Whether or not this member is a leader. 1 if is, 0 otherwise.", 1),
+        (
+            "etcd_mvcc_db_total_size_in_bytes",
+            "gauge",
+            "Total size of the underlying database physically allocated in bytes.",
+            get(&st.db_bytes),
+        ),
+        (
+            "etcd_mvcc_db_total_size_in_use_in_bytes",
+            "gauge",
+            "Total size of the underlying database logically in use in bytes.",
+            get(&st.db_bytes_in_use),
+        ),
+        ("etcd_debugging_mvcc_current_revision", "gauge", "The current revision of store.", get(&st.revision)),
+        (
+            "metastore_writes_applied_total",
+            "counter",
+            "Client write requests applied (divided by the fsync count: writes per fsync).",
+            get(&st.writes_applied),
+        ),
+    ] {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
     let _ = writeln!(
         s,
         "# HELP metastore_io_driver The io driver of the reactors.\n# TYPE metastore_io_driver gauge\nmetastore_io_driver{{driver=\"{}\"}} 1",

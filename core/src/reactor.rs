@@ -92,6 +92,41 @@ pub struct Shared {
     pub driver: &'static str,
     pub stats: Vec<CoreStats>,
     pub stop: StopSignal,
+    /// The shard's figures, written by its core only.
+    pub shard_stats: ShardStats,
+}
+
+/// Upper bounds (seconds) of the fsync-duration histogram buckets: etcd's
+/// `etcd_disk_wal_fsync_duration_seconds` buckets (1 ms doubling, 14 of them).
+pub const FSYNC_BUCKETS: [f64; 14] =
+    [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192];
+
+/// What the shard counts (single writer: the shard's core; relaxed atomics).
+#[derive(Default)]
+pub struct ShardStats {
+    /// Batches synced: one fdatasync each.
+    pub fsyncs: AtomicU64,
+    pub fsync_us_total: AtomicU64,
+    /// Per bucket of [`FSYNC_BUCKETS`] (not cumulative), plus one for larger.
+    pub fsync_buckets: [AtomicU64; 15],
+    /// Client write requests applied (what group commit divides by fsyncs).
+    pub writes_applied: AtomicU64,
+    pub raft_committed: AtomicU64,
+    pub raft_applied: AtomicU64,
+    pub raft_term: AtomicU64,
+    pub db_bytes: AtomicU64,
+    pub db_bytes_in_use: AtomicU64,
+    pub revision: AtomicU64,
+}
+
+impl ShardStats {
+    pub fn record_fsync(&self, took: Duration) {
+        CoreStats::add(&self.fsyncs, 1);
+        CoreStats::add(&self.fsync_us_total, took.as_micros() as u64);
+        let secs = took.as_secs_f64();
+        let i = FSYNC_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(FSYNC_BUCKETS.len());
+        CoreStats::add(&self.fsync_buckets[i], 1);
+    }
 }
 
 /// How this core reaches the shard. (One per core, made once: the size difference between the
@@ -436,11 +471,14 @@ pub async fn shard_loop(core: Rc<Core>) {
         if let Some(flush) = shard.borrow_mut().drive(&mut replies) {
             let c = core.clone();
             monoio::spawn(async move {
+                let started = Instant::now();
                 let done = flush.run().await;
+                c.shared.shard_stats.record_fsync(started.elapsed());
                 *c.flushed.borrow_mut() = Some(done);
                 c.shard_wake.notify();
             });
         }
+        shard.borrow().publish_stats(&core.shared.shard_stats);
         // Checkpoints: encoded here, written on a helper thread.
         if let Some(rx) = &mut ckpt_rx {
             if let Some((index, r)) = rx.try_recv() {

@@ -141,6 +141,7 @@ pub fn start(cfg: Config) -> Result<Server, StartError> {
         driver: driver_name,
         stats: (0..cores).map(|_| CoreStats::default()).collect(),
         stop: StopSignal::new(cores),
+        shard_stats: Default::default(),
     });
 
     // Rings: every other core → shard core (requests), shard core → every other core (replies).

@@ -192,6 +192,8 @@ pub struct Shard<D: Disk = ReactorDisk> {
     committed: Vec<Entry>,
     /// Requests taken from each inbound ring and not answered yet (bounded by the reply ring).
     outstanding: Vec<usize>,
+    /// Client write requests applied (for metrics: writes per fsync).
+    writes_applied: u64,
     /// Write a checkpoint as soon as history is durable, whatever `snapshot_count` says (GC and
     /// defragmentation need one).
     force_checkpoint: bool,
@@ -301,6 +303,7 @@ impl<D: Disk> Shard<D> {
             checkpointing: false,
             committed: Vec::new(),
             outstanding: Vec::new(),
+            writes_applied: 0,
             force_checkpoint: false,
             checkpoint_replay_from: replay_from,
             replay_from,
@@ -335,6 +338,19 @@ impl<D: Disk> Shard<D> {
 
     pub fn raft(&self) -> &RaftNode {
         &self.raft
+    }
+
+    /// Copies the shard's figures into the counters /metrics reads.
+    pub fn publish_stats(&self, s: &crate::reactor::ShardStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        s.writes_applied.store(self.writes_applied, Relaxed);
+        s.raft_committed.store(self.raft.commit_index(), Relaxed);
+        s.raft_applied.store(self.raft.applied_index(), Relaxed);
+        s.raft_term.store(self.raft.term(), Relaxed);
+        let db = DB_BASE_BYTES as u64 + self.log.borrow().disk_bytes();
+        s.db_bytes.store(db, Relaxed);
+        s.db_bytes_in_use.store((DB_BASE_BYTES as u64 + self.store.history_bytes() as u64).min(db), Relaxed);
+        s.revision.store(self.store.current_revision().max(0) as u64, Relaxed);
     }
 
     pub fn raft_tick(&mut self) {
@@ -709,6 +725,7 @@ impl<D: Disk> Shard<D> {
         };
         // Entries replayed at start (or proposed before a restart) have no one waiting.
         if let Some(w) = self.waiters.remove(&id) {
+            self.writes_applied += 1;
             self.answered(w);
             replies.push(
                 w,

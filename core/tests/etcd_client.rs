@@ -562,3 +562,83 @@ fn concurrent_calls_and_keepalive_pings() {
         assert!(!log.contains("panicked"), "[{driver}] {log}");
     }
 }
+
+/// The names of the metric families a Prometheus text page declares.
+fn metric_families(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(String::from)
+        .collect()
+}
+
+/// `/metrics` carries etcd's names for what both servers measure (fsync latency, raft progress,
+/// leadership, db size, revision), checked against a real etcd's page, and the figures follow the
+/// writes: every acknowledged put is committed, applied and counted, and a batch of concurrent
+/// puts needs no more fsyncs than it has puts.
+#[test]
+fn metrics_use_etcds_names_and_follow_the_writes() {
+    const SHARED: [&str; 7] = [
+        "etcd_disk_wal_fsync_duration_seconds",
+        "etcd_server_proposals_committed_total",
+        "etcd_server_proposals_applied_total",
+        "etcd_server_has_leader",
+        "etcd_server_is_leader",
+        "etcd_mvcc_db_total_size_in_bytes",
+        "etcd_debugging_mvcc_current_revision",
+    ];
+    let etcd = Etcd::start();
+    let (_, text) = common::http_get(etcd.client, "/metrics").expect("etcd /metrics");
+    let theirs = metric_families(&text);
+    for name in SHARED {
+        assert!(theirs.contains(name), "etcd 3.4.23 has no {name}: the name is not etcd's");
+    }
+    drop(etcd);
+    for driver in DRIVERS {
+        let srv = TestServer::start(driver, &[]);
+        let ours = metric_families(&srv.metrics());
+        for name in SHARED {
+            assert!(ours.contains(name), "[{driver}] /metrics lacks {name}");
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut c = Client::connect([srv.url()], None).await.unwrap();
+            for i in 0..20 {
+                c.put(format!("s/{i}"), "v", None).await.unwrap();
+            }
+            let before = srv.metric_sum("etcd_disk_wal_fsync_duration_seconds_count");
+            let tasks: Vec<_> = (0..100)
+                .map(|i| {
+                    let mut c = c.clone();
+                    tokio::spawn(async move { c.put(format!("p/{i}"), "v", None).await.unwrap() })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let fsyncs = srv.metric_sum("etcd_disk_wal_fsync_duration_seconds_count") - before;
+            assert!((1.0..=100.0).contains(&fsyncs), "[{driver}] {fsyncs} fsyncs for 100 concurrent puts");
+        });
+        drop(rt);
+        let m = |name: &str| srv.metric_sum(name);
+        assert_eq!(m("metastore_writes_applied_total"), 120.0, "[{driver}]");
+        assert_eq!(m("etcd_debugging_mvcc_current_revision"), 121.0, "[{driver}]");
+        // Every put is a raft entry, plus the new leader's empty entry.
+        assert!(m("etcd_server_proposals_committed_total") >= 121.0, "[{driver}]");
+        let caught_up = common::wait_until(5, || {
+            m("etcd_server_proposals_applied_total") == m("etcd_server_proposals_committed_total")
+        });
+        assert!(caught_up, "[{driver}] applied never reached committed");
+        assert_eq!(m("etcd_server_has_leader"), 1.0);
+        assert!(m("etcd_disk_wal_fsync_duration_seconds_count") >= 1.0);
+        assert_eq!(
+            m("etcd_disk_wal_fsync_duration_seconds_bucket{le=\"+Inf\"}"),
+            m("etcd_disk_wal_fsync_duration_seconds_count"),
+            "[{driver}] the histogram's buckets add up to its count"
+        );
+        let db = m("etcd_mvcc_db_total_size_in_bytes");
+        assert!(db > 0.0 && m("etcd_mvcc_db_total_size_in_use_in_bytes") <= db, "[{driver}]");
+        let log = srv.stop();
+        assert!(!log.contains("panicked"), "[{driver}] {log}");
+    }
+}
