@@ -48,6 +48,10 @@ struct Server {
 
 impl Server {
     fn start(tag: &str) -> Server {
+        Self::start_with(tag, &[])
+    }
+
+    fn start_with(tag: &str, extra: &[&str]) -> Server {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -56,6 +60,7 @@ impl Server {
         let child = Command::new(metastore_binary())
             .args(["--listen-client-urls", "http://127.0.0.1:0", "--data-dir"])
             .arg(&data)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -198,6 +203,34 @@ fn every_workload_against_metastore() {
         assert!(stdout.contains(want), "{want} missing from the summary:\n{stdout}");
     }
     assert!(!stdout.contains("n/a (--server-pid)"), "--server-pid was given:\n{stdout}");
+    srv.stop();
+}
+
+/// With `--experimental-bench-null` the server answers the Bench service: every null call
+/// succeeds, and the server spends CPU on it (it is not answered by an error path).
+#[test]
+fn null_answers_behind_the_flag() {
+    let srv = Server::start_with("null", &["--experimental-bench-null"]);
+    let pid = srv.pid().to_string();
+    let (_, json) = bench(&[
+        "null",
+        "--endpoints",
+        &srv.url,
+        "--conns",
+        "2",
+        "--clients",
+        "8",
+        "--total",
+        OPS,
+        "--server-pid",
+        &pid,
+        "--json",
+        "--no-progress",
+    ]);
+    eprintln!("{json}");
+    assert_eq!(errors(&json), "", "null calls failed: {json}");
+    assert_eq!(num(&json, "total"), 1000.0, "{json}");
+    assert_eq!(num(&json, "calls"), 1000.0, "{json}");
     srv.stop();
 }
 

@@ -71,6 +71,9 @@ pub struct Config {
     pub quota_backend_bytes: u64,
     /// `--auto-compaction-mode` and `--auto-compaction-retention` (default periodic, 0 = off).
     pub auto_compaction: Option<crate::compactor::Mode>,
+    /// `--experimental-bench-null`: serve `/metastore.Bench/Null`, a call that does no storage
+    /// work, for measuring the transport's ceiling (off by default; not part of the etcd API).
+    pub bench_null: bool,
 }
 
 /// etcd's gRPC overhead allowance on top of `--max-request-bytes`.
@@ -99,6 +102,7 @@ impl Default for Config {
             snapshot_count: 100_000,
             quota_backend_bytes: QUOTA_BYTES_DEFAULT,
             auto_compaction: None,
+            bench_null: false,
         }
     }
 }
@@ -218,7 +222,16 @@ const FLAGS: &[Flag] = &[
         value: "BYTES",
         help: "Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB). (default 0)",
     },
+    Flag {
+        name: "experimental-bench-null",
+        value: BOOL,
+        help: "Serve /metastore.Bench/Null, a call that does no storage work (for measuring the transport; \
+               not part of the etcd API). (default false)",
+    },
 ];
+
+/// The value placeholder of a boolean flag: `--flag` alone means true, `--flag=false` false.
+const BOOL: &str = "[=true|false]";
 
 /// The text of `metastore --help`.
 pub fn usage() -> String {
@@ -283,6 +296,7 @@ where
         seen.push(flag.name);
         let value = match inline {
             Some(v) => v,
+            None if flag.value == BOOL => "true".into(),
             None => match it.next() {
                 Some(v) => v,
                 None => return err(format!("flag needs an argument: --{name}")),
@@ -366,12 +380,21 @@ where
                 let n: u64 = parse_num("quota-backend-bytes", &value)?;
                 cfg.quota_backend_bytes = if n == 0 { QUOTA_BYTES_DEFAULT } else { n };
             }
+            "experimental-bench-null" => cfg.bench_null = parse_bool(flag.name, &value)?,
             other => unreachable!("flag {other} listed but not handled"),
         }
     }
     cfg.data_dir = data_dir.unwrap_or_else(|| PathBuf::from(format!("{}.metastore", cfg.name)));
     cfg.auto_compaction = crate::compactor::parse(&compaction_mode, &compaction_retention).map_err(ConfigError)?;
     Ok(Command::Serve(cfg))
+}
+
+fn parse_bool(flag: &str, v: &str) -> Result<bool, ConfigError> {
+    match v {
+        "true" | "1" | "t" | "T" | "TRUE" | "True" => Ok(true),
+        "false" | "0" | "f" | "F" | "FALSE" | "False" => Ok(false),
+        _ => err(format!("invalid boolean value {v:?} for -{flag}")),
+    }
 }
 
 fn parse_num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, ConfigError> {
@@ -483,6 +506,17 @@ mod tests {
         assert!(fails(&["--name", "a", "--name", "b"]).contains("more than once"));
         assert!(fails(&["stray"]).contains("unexpected argument"));
         assert!(fails(&["--max-concurrent-streams", "0"]).contains("at least 1"));
+        assert!(fails(&["--experimental-bench-null=maybe"]).contains("invalid boolean value"));
+    }
+
+    #[test]
+    fn boolean_flags_take_no_value_or_an_inline_one() {
+        assert!(!serve(&[]).bench_null);
+        let c = serve(&["--experimental-bench-null", "--name", "x"]);
+        assert!(c.bench_null);
+        assert_eq!(c.name, "x", "the next argument is not taken as the flag's value");
+        assert!(serve(&["--experimental-bench-null=true"]).bench_null);
+        assert!(!serve(&["--experimental-bench-null=false"]).bench_null);
     }
 
     #[test]

@@ -56,13 +56,20 @@ enum Method {
     Hash,
     HashKv,
     Snapshot,
+    /// `/metastore.Bench/Null` (with `--experimental-bench-null`): answered on the connection's
+    /// core with an empty message, no storage work: the transport's ceiling.
+    Null,
 }
+
+/// The service of [`Method::Null`]: ours, not etcd's.
+const BENCH: &str = "metastore.Bench";
 
 /// Maps a call to the method that serves it, or to grpc-go's answer for what we do not serve:
 /// an unknown service, an unknown method, or a method the etcd API has and MetaStore does not
 /// implement yet.
-fn route(service: &str, method: &str) -> Result<Method, Status> {
+fn route(service: &str, method: &str, cfg: &Config) -> Result<Method, Status> {
     let m = match (service, method) {
+        (BENCH, "Null") if cfg.bench_null => Method::Null,
         (HEALTH, "Check") => Method::HealthCheck,
         (HEALTH, "Watch") => Method::HealthWatch,
         ("etcdserverpb.KV", "Range") => Method::Range,
@@ -161,6 +168,8 @@ fn decode_request(method: Method, message: &[u8], cfg: &Config) -> Result<ShardR
             decode::<pb::SnapshotRequest>(message)?;
             ShardRequest::Snapshot
         }
+        // Answered by the connection itself (see `App::on_message`).
+        Method::Null => return Err(Status::new(Code::INTERNAL, "the null method has no shard request")),
     })
 }
 
@@ -172,8 +181,18 @@ struct CallCtx {
 
 /// Work found while decoding, carried out once the codec is no longer borrowed.
 enum Work {
-    Shard { stream: u32, req: ShardRequest },
-    Fail { stream: u32, status: Status },
+    Shard {
+        stream: u32,
+        req: ShardRequest,
+    },
+    Fail {
+        stream: u32,
+        status: Status,
+    },
+    /// A [`Method::Null`] call to answer with an empty message.
+    Null {
+        stream: u32,
+    },
 }
 
 /// The application side of one connection (implements the codec's `Service`).
@@ -195,7 +214,7 @@ impl App {
 
 impl grpc::Service for App {
     fn on_call(&mut self, id: u32, call: &CallHead<'_>) -> Result<(), Status> {
-        let method = route(call.service, call.method)?;
+        let method = route(call.service, call.method, &self.shared.cfg)?;
         let deadline = call.timeout.map(|t| Instant::now() + t);
         if let Some(at) = deadline {
             self.arm.push((at, id));
@@ -211,6 +230,10 @@ impl grpc::Service for App {
             return Ok(());
         }
         call.got_message = true;
+        if call.method == Method::Null {
+            self.ready.push_back(Work::Null { stream: id });
+            return Ok(());
+        }
         let req = decode_request(call.method, message, &self.shared.cfg)?;
         self.ready.push_back(Work::Shard { stream: id, req });
         Ok(())
@@ -409,6 +432,11 @@ impl ConnState {
                 Work::Fail { stream, status } => {
                     self.app.calls.remove(&stream);
                     self.grpc.finish(stream, &status);
+                }
+                Work::Null { stream } => {
+                    if self.app.calls.remove(&stream).is_some() {
+                        self.grpc.reply(stream, |_| {});
+                    }
                 }
                 Work::Shard { stream, req } => {
                     let Some(call) = self.app.calls.get(&stream) else {

@@ -43,7 +43,12 @@ pub struct TestServer {
 impl TestServer {
     /// Starts `metastore --io-driver <driver>` on 127.0.0.1:0 with `extra` flags.
     pub fn start(driver: &str, extra: &[&str]) -> Self {
-        let dir = temp_dir("srv");
+        Self::start_in(temp_dir("srv"), driver, extra)
+    }
+
+    /// As [`TestServer::start`], in `dir` (whose `data` subdirectory may already hold a member,
+    /// e.g. one restored from a snapshot).
+    pub fn start_in(dir: PathBuf, driver: &str, extra: &[&str]) -> Self {
         let log = dir.join("server.log");
         std::fs::File::create(&log).unwrap();
         let mut srv = TestServer {
