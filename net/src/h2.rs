@@ -859,7 +859,11 @@ impl Connection {
         if n == data.len() {
             frame::write_data(&mut self.out, id, data, end_stream, max_frame);
         } else {
-            frame::write_data(&mut self.out, id, &data[..n], false, max_frame);
+            // No empty DATA frame when there is no credit: clients count those as abuse (the
+            // `h2` crate ends the connection with ENHANCE_YOUR_CALM after a few).
+            if n > 0 {
+                frame::write_data(&mut self.out, id, &data[..n], false, max_frame);
+            }
             s.pending.extend_from_slice(&data[n..]);
             s.pending_end = end_stream;
             s.queued = true;

@@ -526,12 +526,18 @@ fn connection_credit_goes_to_streams_in_the_order_they_blocked() {
     }
     // 65,535 bytes of connection credit: streams 1 and 3 whole, 5,535 bytes of stream 5.
     assert_eq!(data_runs(&p.frames()), [(1, 30_000), (3, 30_000), (5, 5_535)]);
+    // No credit left: a response that must wait sends nothing, not an empty DATA frame (clients
+    // count those as abuse).
+    p.request(9, true);
+    p.conn.send_headers(9, &[(b":status", b"200")], false);
+    p.conn.send_data(9, b"later", true);
+    assert!(!p.frames().iter().any(|f| f.hdr.kind == kind::DATA), "a DATA frame without credit");
     p.window_update(0, 10_000);
     assert_eq!(data_runs(&p.frames()), [(5, 10_000)], "stream 5 keeps its turn");
     p.window_update(0, 20_000);
     assert_eq!(data_runs(&p.frames()), [(5, 14_465), (7, 5_535)]);
     p.window_update(0, 1 << 20);
-    assert_eq!(data_runs(&p.frames()), [(7, 24_465)]);
+    assert_eq!(data_runs(&p.frames()), [(7, 24_465), (9, 5)]);
     assert_eq!(p.conn.active_streams(), 0);
     // A stream held by its own window lets the others use the connection's credit meanwhile.
     let mut p = peer();
