@@ -431,6 +431,8 @@ pub async fn shard_loop(core: Rc<Core>) {
     };
     // The checkpoint being written, if any: its result arrives on this ring.
     let mut ckpt_rx: Option<crate::ring::Receiver<(u64, std::io::Result<()>)>> = None;
+    // Answers that found their reply ring full (never, while the reservation holds).
+    let mut overflow: Vec<(usize, ReplyEnvelope)> = Vec::new();
     let mut last_tick = Instant::now();
     let tick = Duration::from_millis(RAFT_TICK_MS);
     loop {
@@ -439,9 +441,12 @@ pub async fn shard_loop(core: Rc<Core>) {
         {
             let mut inbound = inbound.borrow_mut();
             let now = Instant::now();
-            for (i, (rx, _)) in inbound.iter_mut().enumerate() {
+            for (i, (rx, tx)) in inbound.iter_mut().enumerate() {
                 let mut n = 0;
-                while n < RING_BATCH_MAX && shard.borrow().outstanding(i) < SHARD_RING_ENTRIES_MAX {
+                // A request is taken only while its answer is sure to fit in the reply ring: the
+                // free slots must exceed the answers owed (writes pending, answers queued).
+                let mut queued = overflow.iter().filter(|(r, _)| *r == i).count();
+                while n < RING_BATCH_MAX && tx.slots() > shard.borrow().outstanding(i) + queued {
                     let Some(env) = rx.try_recv() else { break };
                     n += 1;
                     let mut out = Vec::with_capacity(1024);
@@ -454,6 +459,7 @@ pub async fn shard_loop(core: Rc<Core>) {
                         Outcome::Error(e) => ShardReply::Error(e),
                         Outcome::DeadlineExceeded => ShardReply::DeadlineExceeded,
                     };
+                    queued += 1;
                     replies.remote.push((i, ReplyEnvelope { call: env.call, reply }));
                 }
             }
@@ -509,10 +515,15 @@ pub async fn shard_loop(core: Rc<Core>) {
         }
         {
             let mut inbound = inbound.borrow_mut();
-            for (i, r) in replies.remote.drain(..) {
+            let earlier = std::mem::take(&mut overflow);
+            for (i, r) in earlier.into_iter().chain(replies.remote.drain(..)) {
                 if let Some((_, tx)) = inbound.get_mut(i) {
-                    let pushed = tx.try_send(r);
-                    debug_assert!(pushed.is_ok(), "reply rings are sized for every request taken");
+                    // Space was reserved when the request was taken; should a ring still be full,
+                    // the answer waits for the next round rather than being lost.
+                    if let Err(r) = tx.try_send(r) {
+                        debug_assert!(false, "a reply ring is full although its space was reserved");
+                        overflow.push((i, r));
+                    }
                 }
             }
         }
@@ -523,8 +534,8 @@ pub async fn shard_loop(core: Rc<Core>) {
                 let mut inbound = inbound.borrow_mut();
                 let mut ready = false;
                 for (i, (rx, tx)) in inbound.iter_mut().enumerate() {
-                    let _ = tx.poll_ready(cx);
-                    if shard.borrow().outstanding(i) < SHARD_RING_ENTRIES_MAX && rx.poll_readable(cx).is_ready() {
+                    let owed = shard.borrow().outstanding(i) + overflow.iter().filter(|(r, _)| *r == i).count();
+                    if tx.poll_slots_over(owed, cx).is_ready() && rx.poll_readable(cx).is_ready() {
                         ready = true;
                     }
                 }

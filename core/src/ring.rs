@@ -75,6 +75,19 @@ impl<T> Sender<T> {
         Poll::Pending
     }
 
+    /// Ready once more than `taken` slots are free (or the receiver is gone); otherwise wakes the
+    /// task when the consumer takes an item.
+    pub fn poll_slots_over(&mut self, taken: usize, cx: &mut Context<'_>) -> Poll<()> {
+        if self.ring.slots() > taken || self.ring.is_abandoned() {
+            return Poll::Ready(());
+        }
+        self.wakers.producer.register(cx.waker());
+        if self.ring.slots() > taken || self.ring.is_abandoned() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
     /// Waits until there is a free slot (or the receiver is gone).
     pub async fn ready(&mut self) {
         poll_fn(|cx| self.poll_ready(cx)).await
