@@ -4,8 +4,10 @@
 //! Two tasks per HTTP/2 connection share one `RefCell` (same thread, never held across an
 //! await): the reader feeds socket bytes to the codec and dispatches complete requests; the
 //! writer takes whatever output the codec has gathered (replies from any source) and writes it in
-//! one call. The reader stops reading while the output backlog is over its bound or while a
-//! request waits for a slot in the ring to the shard: that is the backpressure.
+//! one call. The reader stops reading while the socket has not taken the output (over a bound)
+//! or while a request waits for a slot in the ring to the shard: that is the backpressure. While
+//! responses wait for the client's flow-control credit (over a bound) it reads on, since only the
+//! client's WINDOW_UPDATEs can release them, but dispatches no new request.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
@@ -32,8 +34,12 @@ use crate::shard::{CallRef, Envelope, Outcome, ShardReply, ShardRequest};
 
 /// Bytes read from the socket per read call.
 const READ_BYTES_MAX: usize = 64 << 10;
-/// Output (written or waiting for flow-control credit) above which the reader stops reading.
+/// Output not yet taken by the socket above which the reader stops reading; output waiting for
+/// the client's flow-control credit above which no new request is dispatched.
 const OUT_BYTES_MAX: usize = 4 << 20;
+/// Calls open on a connection whose responses wait for credit above which new calls are refused
+/// with RESOURCE_EXHAUSTED, so that reading on (requests not dispatched) stays bounded.
+const READY_MAX: usize = 4096;
 /// How long, and how many bytes, we keep reading (and discarding) after ending a connection.
 const LINGER_MS_MAX: u64 = 1_000;
 const LINGER_BYTES_MAX: usize = 4 << 20;
@@ -204,6 +210,9 @@ struct App {
     ready: VecDeque<Work>,
     arm: Vec<(Instant, u32)>,
     cancelled: Vec<u32>,
+    /// Responses wait for the client's flow-control credit over the bound: requests are read
+    /// but not dispatched.
+    held: bool,
 }
 
 impl App {
@@ -214,6 +223,12 @@ impl App {
 
 impl grpc::Service for App {
     fn on_call(&mut self, id: u32, call: &CallHead<'_>) -> Result<(), Status> {
+        if self.held && self.calls.len() >= READY_MAX {
+            return Err(Status::new(
+                Code::RESOURCE_EXHAUSTED,
+                "too many requests waiting on this connection: read the responses first",
+            ));
+        }
         let method = route(call.service, call.method, &self.shared.cfg)?;
         let deadline = call.timeout.map(|t| Instant::now() + t);
         if let Some(at) = deadline {
@@ -294,6 +309,7 @@ impl Conn {
                     ready: VecDeque::new(),
                     arm: Vec::new(),
                     cancelled: Vec::new(),
+                    held: false,
                 },
                 closing: false,
             }),
@@ -527,10 +543,6 @@ impl ConnState {
         core.health_watchers.borrow_mut().retain(|(c, _)| *c != me);
         self.grpc.finish(stream, status);
     }
-
-    fn out_backlog(&self) -> usize {
-        self.grpc.h2.out().len() + self.grpc.h2.blocked_bytes()
-    }
 }
 
 /// Serves one accepted connection until it closes.
@@ -597,11 +609,15 @@ async fn serve_h2(core: Rc<Core>, mut rd: ReadHalf, wr: WriteHalf, first: Vec<u8
                 if st.closing {
                     return Poll::Ready(None);
                 }
-                if st.process(&core, cx.waker()) {
-                    Poll::Ready(Some(st.out_backlog() > OUT_BYTES_MAX))
-                } else {
-                    Poll::Pending
+                // Responses held back by the client's flow control: take no new work, but keep
+                // reading, since only the client's WINDOW_UPDATEs (read from the socket) can
+                // release them. Bytes the socket has not taken yet: stop reading.
+                let held = st.grpc.h2.blocked_bytes() > OUT_BYTES_MAX;
+                st.app.held = held;
+                if !held && !st.process(&core, cx.waker()) {
+                    return Poll::Pending;
                 }
+                Poll::Ready(Some(st.grpc.h2.out().len() > OUT_BYTES_MAX))
             })
             .await;
             conn.write_ready.notify();

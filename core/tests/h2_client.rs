@@ -581,6 +581,70 @@ fn responses_wait_for_a_small_client_window() {
     });
 }
 
+/// A response bigger than the server's output bound (4 MiB) that the client takes slowly: the
+/// server must keep reading while it waits for the client's credit (only WINDOW_UPDATEs, read
+/// from the socket, release it; a server that stops reading there deadlocks, as `etcdctl snapshot
+/// save` of a 20 MB store once did), take no new work meanwhile, refuse calls beyond its bound
+/// with RESOURCE_EXHAUSTED instead of queueing without end, and answer what it queued once the
+/// client reads.
+#[test]
+fn a_large_response_held_by_flow_control_does_not_stop_the_connection() {
+    use metastore_proto::etcdserverpb::{PutRequest, RangeRequest, RangeResponse};
+    const CALLS: usize = 5000;
+    on_each_driver(&[], |driver, addr| async move {
+        // Thousands of small answers arrive in one burst once the client reads: `h2` counts
+        // small DATA frames buffered before the application takes them, and ends the connection
+        // past a budget (half its window by default) whatever the server; raise it.
+        let mut b = h2::client::Builder::new();
+        b.data_frame_budget(64 << 20);
+        let c = connect_with(addr, &b).await;
+        for i in 0..4u8 {
+            let put = PutRequest { key: vec![b'b', i], value: vec![i; 1_400_000], ..Default::default() };
+            let r = c.call("/etcdserverpb.KV/Put", &[], grpc_frame(0, &put.encode_to_vec())).await;
+            assert_eq!(r.status().0, 0, "[{driver}] {r:?}");
+        }
+        let range = RangeRequest { key: b"b".to_vec(), range_end: b"c".to_vec(), ..Default::default() };
+        let (resp, mut tx) = c.start(grpc_request(addr, "/etcdserverpb.KV/Range", GRPC, &[])).await;
+        tx.send_data(Bytes::from(grpc_frame(0, &range.encode_to_vec())), true).unwrap();
+        let resp = resp.await.expect("range response head");
+        // Nothing of the 5.6 MB body is read yet: the server holds what the window does not take.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut set = JoinSet::new();
+        for _ in 0..CALLS {
+            let (resp, mut tx) = c.start(grpc_request(addr, CHECK, GRPC, &[])).await;
+            let _ = tx.send_data(Bytes::from(grpc_frame(0, &health_req(""))), true);
+            set.spawn(read_reply(resp));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut body = Body { rx: resp.into_body(), buf: Vec::new() };
+        let msg = body.next_message().await.expect("the range response");
+        let r = RangeResponse::decode(&msg[..]).unwrap();
+        assert_eq!(r.kvs.len(), 4, "[{driver}]");
+        assert!(r.kvs.iter().all(|kv| kv.value.len() == 1_400_000), "[{driver}]");
+        assert!(body.next_message().await.is_none());
+        drop(body);
+        drop(tx);
+        let (mut serving, mut refused) = (0, 0);
+        while let Some(r) = set.join_next().await {
+            let r = r.unwrap();
+            match r.status() {
+                (0, _) => {
+                    r.assert_serving();
+                    serving += 1;
+                }
+                (8, m) if m.contains("too many requests waiting") => refused += 1,
+                other => panic!("[{driver}] unexpected answer {other:?}: {r:?}"),
+            }
+        }
+        eprintln!("[{driver}] {serving} checks answered, {refused} refused while the range was held");
+        assert_eq!(serving + refused, CALLS);
+        assert!(refused > 0, "[{driver}] {CALLS} calls queued while held: nothing bounds the queue");
+        assert!(serving >= 4000, "[{driver}] only {serving} calls were queued and answered");
+        c.check("").await.assert_serving();
+        c.close().await;
+    });
+}
+
 /// The rest of a plain (non-gRPC) body, releasing capacity as it arrives.
 async fn read_all(body: &mut Body) -> String {
     while let Some(chunk) = body.rx.data().await {
