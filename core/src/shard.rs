@@ -214,9 +214,10 @@ pub struct Shard<D: Disk = ReactorDisk> {
     compactor: Option<crate::compactor::Compactor>,
 }
 
-/// Maintenance.Defragment's progress: a checkpoint (so every sealed segment is past replay),
-/// live history copied out of every sealed segment, a second checkpoint pointing at the
-/// copies, then the old segments removed and the callers answered.
+/// Maintenance.Defragment's progress (`phase`, 0 when idle): 1, a checkpoint, then the head
+/// sealed; 2, a checkpoint whose replay starts past every old segment, then the live history
+/// copied out of each; 3, a checkpoint pointing at the copies, then the old segments removed and
+/// the callers answered.
 #[derive(Default)]
 struct Defrag {
     waiters: Vec<Waiter>,
@@ -229,12 +230,8 @@ impl<D: Disk> Shard<D> {
         let dir = member_dir(&cfg.data_dir);
         let log_dir = dir.join("log");
         let checkpoint_dir = dir.join("checkpoint");
-        let mut skipped = Vec::new();
-        let img = engine::load_checkpoint(&disk, &checkpoint_dir, &mut skipped)
+        let img = engine::load_checkpoint(&disk, &checkpoint_dir)
             .map_err(|e| format!("cannot read checkpoints in {}: {e}", checkpoint_dir.display()))?;
-        for s in &skipped {
-            tracing::warn!(checkpoint = %s, "skipping a damaged checkpoint");
-        }
         let mut rec = Recovered::default();
         let mut replay_from = Default::default();
         let mut alarms = std::collections::BTreeSet::new();
@@ -781,16 +778,25 @@ impl<D: Disk> Shard<D> {
         }
         match self.defrag.phase {
             1 => {
-                // Every sealed segment is behind replay now: copy their live history out.
-                self.log.borrow_mut().seal_head();
+                // New writes go to a new segment; the next checkpoint's replay starts there, so
+                // that the old head too is behind replay. (A batch being gathered keeps the head
+                // open: try again after the next checkpoint.)
+                if self.log.borrow_mut().seal_head() {
+                    self.defrag.phase = 2;
+                }
+                self.force_checkpoint = true;
+            }
+            2 => {
+                // Every sealed segment is behind replay now: copy their live history out. They
+                // are removed once the next checkpoint is durable.
                 if let Err(e) = self.relocate(true) {
                     self.fail(e, replies);
                     return;
                 }
-                self.defrag.phase = 2;
+                self.defrag.phase = 3;
                 self.force_checkpoint = true;
             }
-            2 => {
+            3 => {
                 self.defrag.phase = 0;
                 let header = Header::full(&self.ids(), self.store.current_revision());
                 for w in std::mem::take(&mut self.defrag.waiters) {
@@ -1112,6 +1118,20 @@ pub(crate) mod tests {
         let s2 = shard(&disk.crash_clean());
         assert_eq!(s2.store().current_revision(), s.store().current_revision());
         assert_eq!(s2.store().live_keys(), 26);
+        // A second checkpoint replaces the first: one image of the live data on disk, not two.
+        for i in 0..10 {
+            put(&mut s, &format!("m{i}"), 1);
+        }
+        let (index, image) = s.checkpoint_due().expect("due again");
+        engine::write_checkpoint(&disk, &dir, index, &image).unwrap();
+        s.checkpoint_done(index, Ok(()), &mut Replies::default());
+        let ckpts: Vec<PathBuf> = disk.files().into_iter().filter(|f| f.starts_with(&dir)).collect();
+        assert_eq!(ckpts.len(), 1, "{ckpts:?}");
+        // A damaged checkpoint stops the start, naming the file and the way out.
+        let damaged = disk.crash_clean();
+        assert!(damaged.flip_bit(&ckpts[0], 40, 3));
+        let err = Shard::open(damaged, &cfg(), member()).err().expect("a damaged checkpoint must stop the start");
+        assert!(err.contains(&ckpts[0].display().to_string()) && err.contains("snapshot restore"), "{err}");
     }
 
     #[test]
@@ -1202,6 +1222,9 @@ pub(crate) mod tests {
         );
         assert!(after_compact < before / 2, "compaction alone reclaims the dead segments");
         assert!(after <= 2 * live + 2 * 8192, "at most about twice the live data after defragment");
+        // The whole data dir: the log and the one checkpoint (an image of the live data).
+        let total: usize = disk.files().iter().filter_map(|f| disk.file_len(f)).sum();
+        assert!(total as u64 <= 3 * live + 4 * 8192, "{total} bytes in files for {live} live bytes");
         // Everything still reads back, and survives a restart.
         let want: Vec<_> =
             (0..10).map(|i| s.store().get(format!("key{i}").as_bytes()).map(|r| r.mod_revision)).collect();

@@ -60,14 +60,30 @@ type Row = (Vec<u8>, Vec<u8>, i64, i64, i64);
 fn everything(url: &str) -> (i64, Vec<Row>) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
+        // Pages of a few keys at one revision: a client takes at most 4 MiB per message.
         let mut c = Client::connect([url], None).await.unwrap();
-        let r = c.get("", Some(GetOptions::new().with_from_key())).await.unwrap();
-        let rows = r
-            .kvs()
-            .iter()
-            .map(|kv| (kv.key().to_vec(), kv.value().to_vec(), kv.create_revision(), kv.mod_revision(), kv.version()))
-            .collect();
-        (r.header().unwrap().revision(), rows)
+        let mut rows: Vec<Row> = Vec::new();
+        let mut rev = 0;
+        let mut from = Vec::new();
+        loop {
+            let mut opts = GetOptions::new().with_from_key().with_limit(4);
+            if rev != 0 {
+                opts = opts.with_revision(rev);
+            }
+            let r = c.get(from.clone(), Some(opts)).await.unwrap();
+            if rev == 0 {
+                rev = r.header().unwrap().revision();
+            }
+            rows.extend(r.kvs().iter().map(|kv| {
+                (kv.key().to_vec(), kv.value().to_vec(), kv.create_revision(), kv.mod_revision(), kv.version())
+            }));
+            let Some(last) = rows.last() else { break };
+            if !r.more() {
+                break;
+            }
+            from = [&last.0[..], &[0]].concat();
+        }
+        (rev, rows)
     })
 }
 

@@ -235,8 +235,10 @@ impl<D: Disk> History for DurableHistory<D> {
 const CHECKPOINT_MAGIC: &[u8; 8] = b"MSTCKPT\0";
 const CHECKPOINT_VERSION: u32 = 1;
 const CHECKPOINT_SUFFIX: &str = ".ckpt";
-/// Checkpoints kept on disk (the newest, and the one before it in case the newest is damaged).
-pub const CHECKPOINTS_KEPT: usize = 2;
+/// Checkpoints kept on disk: the newest only. An older one is no way out of a damaged newest:
+/// the log segments it would replay from are removed once the newer one is durable. Keeping it
+/// would only double the disk the live data takes.
+pub const CHECKPOINTS_KEPT: usize = 1;
 
 /// What a checkpoint holds besides the store: where replay starts and the driver's own state
 /// (raft's applied index and term, membership, leases...), opaque here.
@@ -433,26 +435,27 @@ pub fn write_checkpoint<D: Disk>(disk: &D, dir: &Path, applied_index: u64, image
     Ok(path)
 }
 
-/// The newest checkpoint that reads back whole, or None; damaged newer ones are reported in
-/// `skipped` (name and why) and passed over.
-pub fn load_checkpoint<D: Disk>(
-    disk: &D,
-    dir: &Path,
-    skipped: &mut Vec<String>,
-) -> io::Result<Option<CheckpointImage>> {
+/// The newest checkpoint, or None when there is none. A damaged one is an error naming the file
+/// (recovery cannot fall back: the log before it is gone).
+pub fn load_checkpoint<D: Disk>(disk: &D, dir: &Path) -> io::Result<Option<CheckpointImage>> {
     disk.create_dir_all(dir)?;
     let mut names: Vec<String> = disk.list(dir)?.into_iter().filter(|n| n.ends_with(CHECKPOINT_SUFFIX)).collect();
     names.sort();
-    for name in names.iter().rev() {
-        let f = disk.open(&dir.join(name))?;
-        let mut data = vec![0u8; f.len()? as usize];
-        read_exact_at(&f, &mut data, 0)?;
-        match decode_checkpoint(&data) {
-            Ok(img) => return Ok(Some(img)),
-            Err(why) => skipped.push(format!("{name}: {why}")),
-        }
-    }
-    Ok(None)
+    let Some(name) = names.last() else { return Ok(None) };
+    let path = dir.join(name);
+    let f = disk.open(&path)?;
+    let mut data = vec![0u8; f.len()? as usize];
+    read_exact_at(&f, &mut data, 0)?;
+    decode_checkpoint(&data).map(Some).map_err(|why| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "checkpoint {} is damaged ({why}); the log before it is gone, so the member cannot \
+                 recover from it: restore a snapshot (`metastore snapshot restore`) into a new data dir",
+                path.display()
+            ),
+        )
+    })
 }
 
 /// Rebuilds a store from a checkpoint image, with its history in `log`.

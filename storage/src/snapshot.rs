@@ -232,8 +232,7 @@ mod tests {
         let disk = FaultDisk::new();
         let dir = Path::new("/restored/member");
         restore(disk.clone(), dir, &img, 1, vec![(1, b"raft".to_vec())]).unwrap();
-        let mut skipped = Vec::new();
-        let ck = load_checkpoint(&disk, &dir.join("checkpoint"), &mut skipped).unwrap().unwrap();
+        let ck = load_checkpoint(&disk, &dir.join("checkpoint")).unwrap().unwrap();
         assert_eq!(ck.meta.applied_index, 1);
         let (log, _) = Log::open(disk.clone(), &dir.join("log"), LogConfig::default(), |_, _, _| Ok(())).unwrap();
         let restored: Store<DurableHistory<FaultDisk>> = restore_store(&ck, Rc::new(RefCell::new(log)));
