@@ -34,6 +34,7 @@ const VALUE_FLAGS: &[&str] = &[
     "rw-ratio",
     "server-pid",
     "seed",
+    "latency-out",
 ];
 
 /// What each request does.
@@ -146,6 +147,9 @@ pub struct Config {
     pub progress: bool,
     /// Seeds the random key choice (and txn-mixed's read/write choice).
     pub seed: u64,
+    /// `--latency-out FILE`: write the latency quantiles (every 1%, P99.9, P99.99, max) there
+    /// as JSON, for latency CDF plots.
+    pub latency_out: Option<String>,
 }
 
 /// What the command line asks for.
@@ -190,6 +194,8 @@ Flags (etcd benchmark names; `--flag value` or `--flag=value`):
                           (default: on for range, txn-put and txn-mixed)
   --server-pid PID        report the server's CPU per request from /proc/PID/stat
   --seed N                seed for random keys (default 1)
+  --latency-out FILE      also write latency quantiles (min, every 1%, P99.9, P99.99, max; µs)
+                          to FILE as JSON, for CDF plots
   --json                  print only the JSON line on stdout
   --no-progress           no progress bar (it is shown only when stderr is a terminal)
   -h, --help              this text
@@ -225,6 +231,7 @@ where
     let mut json = false;
     let mut progress = true;
     let mut seed = 1u64;
+    let mut latency_out = None;
 
     let mut it = args.into_iter().map(Into::into);
     while let Some(arg) = it.next() {
@@ -297,6 +304,12 @@ where
                     "rw-ratio" => rw_ratio = float(name, &value)?,
                     "server-pid" => server_pid = Some(number(name, &value, 1, i32::MAX as u64)? as i32),
                     "seed" => seed = number(name, &value, 0, u64::MAX)?,
+                    "latency-out" => {
+                        if value.is_empty() {
+                            return Err("--latency-out: expected a file name".into());
+                        }
+                        latency_out = Some(value);
+                    }
                     _ => return Err(format!("unknown flag --{name}")),
                 }
             }
@@ -336,6 +349,7 @@ where
         json,
         progress,
         seed,
+        latency_out,
     })))
 }
 
@@ -475,6 +489,15 @@ mod tests {
         assert!(err(&["put", "--endpoints", "http://a"]).contains("host:port"));
         assert!(err(&["put", "--endpoints", "http://a:1/x"]).contains("host:port"));
         assert!(err(&["put", "--endpoints", ","]).contains("no endpoint"));
+        assert!(err(&["put", "--latency-out"]).contains("needs a value"));
+        assert!(err(&["put", "--latency-out="]).contains("file name"));
+    }
+
+    #[test]
+    fn latency_out_names_a_file() {
+        assert_eq!(run(&["put"]).latency_out, None);
+        assert_eq!(run(&["put", "--latency-out", "cdf.json"]).latency_out.as_deref(), Some("cdf.json"));
+        assert_eq!(run(&["--latency-out=a/b.json", "range"]).latency_out.as_deref(), Some("a/b.json"));
     }
 
     #[test]

@@ -35,6 +35,12 @@ fn main() -> ExitCode {
                 println!("{}", report::human(&cfg, &measured));
             }
             println!("{}", report::json(&cfg, &measured));
+            if let Some(path) = &cfg.latency_out {
+                if let Err(e) = std::fs::write(path, report::latency_json(&cfg, &measured)) {
+                    eprintln!("metastore-bench: --latency-out {path}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

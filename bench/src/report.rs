@@ -288,6 +288,51 @@ pub fn json(cfg: &Config, m: &Measured) -> String {
     s
 }
 
+/// The quantiles `--latency-out` writes: the minimum (0), every 1% up to P99, then P99.9,
+/// P99.99 and the maximum (1): enough points for a latency CDF.
+pub fn cdf_quantiles() -> Vec<f64> {
+    let mut q: Vec<f64> = (0..100).map(|i| f64::from(i) / 100.0).collect();
+    q.extend([0.999, 0.9999, 1.0]);
+    q
+}
+
+/// (quantile, latency in µs) at each of `cdf_quantiles`; empty for an empty histogram. The
+/// maximum is the largest value recorded (hdrhistogram's quantile 1 is its bucket's top).
+pub fn latency_quantiles(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let us = |ns: u64| ns as f64 / 1000.0;
+    cdf_quantiles()
+        .into_iter()
+        .map(|q| {
+            let v = if q >= 1.0 {
+                h.max()
+            } else if q <= 0.0 {
+                h.min()
+            } else {
+                h.value_at_quantile(q)
+            };
+            (q, us(v))
+        })
+        .collect()
+}
+
+/// The `--latency-out` file: one JSON object with the run's shape, the count of answered
+/// operations and `quantiles`, a list of [quantile, µs] pairs in rising order.
+pub fn latency_json(cfg: &Config, m: &Measured) -> String {
+    let pairs: Vec<String> =
+        latency_quantiles(&m.hist).iter().map(|(q, us)| format!("[{q:.4},{}]", json_f64(*us))).collect();
+    let mut s = String::from("{");
+    let _ = write!(s, "\"workload\":{}", json_str(cfg.workload.name()));
+    let _ = write!(s, ",\"consistency\":{}", json_str(if cfg.serializable { "s" } else { "l" }));
+    let _ = write!(s, ",\"conns\":{},\"clients\":{}", cfg.conns, cfg.clients);
+    let _ = write!(s, ",\"count\":{},\"unit\":\"us\"", m.hist.len());
+    let _ = write!(s, ",\"quantiles\":[{}]}}", pairs.join(","));
+    s.push('\n');
+    s
+}
+
 /// The progress line: a bar, the share done, operations, the current rate and errors. `done` is
 /// the fraction of the run complete (by operations or by time).
 pub fn progress_line(done: f64, ops: u64, ops_per_s: f64, errors: u64) -> String {
@@ -412,6 +457,32 @@ mod tests {
         ] {
             assert!(h.contains(want), "{want} missing from:\n{h}");
         }
+    }
+
+    #[test]
+    fn latency_out_lists_every_percent_and_the_tail() {
+        let Ok(Command::Run(cfg)) = parse(["put", "--latency-out", "x.json"]) else { panic!() };
+        let q = latency_quantiles(&hist(1..=10_000));
+        assert_eq!(q.len(), 103);
+        assert_eq!(q[0], (0.0, 1.0), "the minimum first");
+        assert!(close(q[50].1, 5000.0) && close(q[99].1, 9900.0), "{:?} {:?}", q[50], q[99]);
+        assert!(close(q[100].1, 9990.0) && close(q[101].1, 9999.0), "{:?} {:?}", q[100], q[101]);
+        assert!(q[102].0 == 1.0 && close(q[102].1, 10_000.0), "the maximum last: {:?}", q[102]);
+        assert!(q.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1), "rising: {q:?}");
+        let j = latency_json(&cfg, &measured());
+        assert!(j.starts_with("{\"workload\":\"put\"") && j.ends_with("]]}\n"), "{j}");
+        for want in [
+            "\"count\":1000",
+            "\"unit\":\"us\"",
+            "\"quantiles\":[[0.0000,1.00],[0.0100,10.",
+            "[0.9990,999.",
+            "[1.0000,1000.",
+        ] {
+            assert!(j.contains(want), "{want} missing from {j}");
+        }
+        let mut m = measured();
+        m.hist = Histogram::new(3).unwrap();
+        assert!(latency_json(&cfg, &m).contains("\"count\":0,\"unit\":\"us\",\"quantiles\":[]"));
     }
 
     #[test]
