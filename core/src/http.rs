@@ -136,5 +136,7 @@ pub fn metrics(shared: &Shared) -> String {
         "# HELP metastore_io_driver The io driver of the reactors.\n# TYPE metastore_io_driver gauge\nmetastore_io_driver{{driver=\"{}\"}} 1",
         shared.driver
     );
+    #[cfg(feature = "count-allocs")]
+    crate::alloc_count::write_metric(&mut s);
     s
 }

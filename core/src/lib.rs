@@ -1,6 +1,8 @@
 //! The MetaStore server: per-core reactors and the rings between them, the data shard, the
 //! services, configuration, and the `metastore` binary's start and stop.
 
+#[cfg(feature = "count-allocs")]
+pub mod alloc_count;
 #[cfg(test)]
 mod alloc_test;
 pub mod compactor;

@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use metastore_core::config::{self, Command};
 use metastore_core::server;
 
+/// `--features count-allocs`: count every heap allocation (`metastore_heap_allocations_total`).
+#[cfg(feature = "count-allocs")]
+#[global_allocator]
+static GLOBAL: metastore_core::alloc_count::CountingAlloc = metastore_core::alloc_count::CountingAlloc;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let tool = match args.first().map(String::as_str) {
