@@ -74,6 +74,9 @@ pub struct Config {
     /// `--experimental-bench-null`: serve `/metastore.Bench/Null`, a call that does no storage
     /// work, for measuring the transport's ceiling (off by default; not part of the etcd API).
     pub bench_null: bool,
+    /// `--experimental-watch-progress-notify-interval`: how often idle watchers that asked for
+    /// it get a progress notification (etcd default 10 minutes).
+    pub watch_progress_notify_interval: std::time::Duration,
 }
 
 /// etcd's gRPC overhead allowance on top of `--max-request-bytes`.
@@ -103,6 +106,7 @@ impl Default for Config {
             quota_backend_bytes: QUOTA_BYTES_DEFAULT,
             auto_compaction: None,
             bench_null: false,
+            watch_progress_notify_interval: std::time::Duration::from_secs(600),
         }
     }
 }
@@ -145,7 +149,7 @@ pub fn available_cpus() -> usize {
 /// What the command line asked for.
 #[derive(Debug)]
 pub enum Command {
-    Serve(Config),
+    Serve(Box<Config>),
     Help,
     Version,
 }
@@ -221,6 +225,11 @@ const FLAGS: &[Flag] = &[
         name: "quota-backend-bytes",
         value: "BYTES",
         help: "Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB). (default 0)",
+    },
+    Flag {
+        name: "experimental-watch-progress-notify-interval",
+        value: "DURATION",
+        help: "Duration of periodic watch progress notifications. (default 10m0s)",
     },
     Flag {
         name: "experimental-bench-null",
@@ -381,12 +390,21 @@ where
                 cfg.quota_backend_bytes = if n == 0 { QUOTA_BYTES_DEFAULT } else { n };
             }
             "experimental-bench-null" => cfg.bench_null = parse_bool(flag.name, &value)?,
+            "experimental-watch-progress-notify-interval" => {
+                let d = crate::compactor::parse_go_duration(&value).ok_or_else(|| {
+                    ConfigError(format!("invalid value {value:?} for flag --{}: not a duration", flag.name))
+                })?;
+                if d < std::time::Duration::from_millis(100) {
+                    return err(format!("--{} must be at least 100ms", flag.name));
+                }
+                cfg.watch_progress_notify_interval = d;
+            }
             other => unreachable!("flag {other} listed but not handled"),
         }
     }
     cfg.data_dir = data_dir.unwrap_or_else(|| PathBuf::from(format!("{}.metastore", cfg.name)));
     cfg.auto_compaction = crate::compactor::parse(&compaction_mode, &compaction_retention).map_err(ConfigError)?;
-    Ok(Command::Serve(cfg))
+    Ok(Command::Serve(Box::new(cfg)))
 }
 
 fn parse_bool(flag: &str, v: &str) -> Result<bool, ConfigError> {
@@ -455,7 +473,7 @@ mod tests {
 
     fn serve(args: &[&str]) -> Config {
         match parse_args(args.iter().copied()).unwrap() {
-            Command::Serve(c) => c,
+            Command::Serve(c) => *c,
             other => panic!("{other:?}"),
         }
     }

@@ -62,6 +62,8 @@ enum Method {
     Hash,
     HashKv,
     Snapshot,
+    /// etcd's Watch: a bidirectional stream served by the core's [`crate::watch::WatchHub`].
+    Watch,
     /// `/metastore.Bench/Null` (with `--experimental-bench-null`): answered on the connection's
     /// core with an empty message, no storage work: the transport's ceiling.
     Null,
@@ -90,6 +92,7 @@ fn route(service: &str, method: &str, cfg: &Config) -> Result<Method, Status> {
         ("etcdserverpb.Maintenance", "HashKV") => Method::HashKv,
         ("etcdserverpb.Maintenance", "Snapshot") => Method::Snapshot,
         ("etcdserverpb.Cluster", "MemberList") => Method::MemberList,
+        ("etcdserverpb.Watch", "Watch") => Method::Watch,
         _ => {
             let Some(desc) = metastore_proto::SERVICES.iter().find(|d| d.name == service) else {
                 return Err(Status::unknown_service(service));
@@ -174,8 +177,8 @@ fn decode_request(method: Method, message: &[u8], cfg: &Config) -> Result<ShardR
             decode::<pb::SnapshotRequest>(message)?;
             ShardRequest::Snapshot
         }
-        // Answered by the connection itself (see `App::on_message`).
-        Method::Null => return Err(Status::new(Code::INTERNAL, "the null method has no shard request")),
+        // Answered on the connection's core (see `App::on_message`).
+        Method::Null | Method::Watch => return Err(Status::new(Code::INTERNAL, "this method has no shard request")),
     })
 }
 
@@ -198,6 +201,11 @@ enum Work {
     /// A [`Method::Null`] call to answer with an empty message.
     Null {
         stream: u32,
+    },
+    /// A message on a Watch stream.
+    Watch {
+        stream: u32,
+        call: crate::watch::WatchCall,
     },
 }
 
@@ -240,6 +248,15 @@ impl grpc::Service for App {
 
     fn on_message(&mut self, id: u32, message: &[u8]) -> Result<(), Status> {
         let Some(call) = self.calls.get_mut(&id) else { return Ok(()) };
+        if call.method == Method::Watch {
+            call.got_message = true;
+            let req = decode::<pb::WatchRequest>(message)?;
+            // A request with none of create, cancel or progress is ignored, as etcd does.
+            if let Some(call) = crate::watch::decode_call(req) {
+                self.ready.push_back(Work::Watch { stream: id, call });
+            }
+            return Ok(());
+        }
         if call.got_message {
             // Unary and server-streaming calls take one request; grpc-go reads only the first.
             return Ok(());
@@ -256,7 +273,8 @@ impl grpc::Service for App {
 
     fn on_half_close(&mut self, id: u32) {
         if let Some(call) = self.calls.get(&id) {
-            if !call.got_message {
+            // A Watch stream goes on after the client's half-close (etcd keeps sending).
+            if !call.got_message && call.method != Method::Watch {
                 // What grpc-go answers when a unary request has no message: io.EOF as Unknown.
                 self.ready.push_back(Work::Fail { stream: id, status: Status::new(Code::UNKNOWN, "EOF") });
             }
@@ -326,6 +344,21 @@ impl Conn {
         self.write_ready.notify();
     }
 
+    /// Writes messages on `stream` (a streaming call's responses) and wakes the writer.
+    pub fn send_messages(&self, stream: u32, f: impl FnOnce(&mut dyn FnMut(&[u8]))) {
+        let mut st = self.state.borrow_mut();
+        let grpc = &mut st.grpc;
+        f(&mut |m: &[u8]| grpc.send_message(stream, |b| b.extend_from_slice(m)));
+        drop(st);
+        self.write_ready.notify();
+    }
+
+    /// Output bytes not yet taken by the socket or waiting for the client's credit.
+    pub fn output_backlog(&self) -> usize {
+        let st = self.state.borrow();
+        st.grpc.h2.out().len() + st.grpc.h2.blocked_bytes()
+    }
+
     /// Whether `stream` is still a call waiting on the deadline `at`.
     pub fn has_deadline(&self, stream: u32, at: Instant) -> bool {
         self.state.borrow().app.calls.get(&stream).is_some_and(|c| c.deadline == Some(at))
@@ -355,6 +388,11 @@ impl Conn {
             .collect();
         for (call, known) in watchers {
             st.end_watch(core, call.stream, known);
+        }
+        let watches: Vec<u32> =
+            st.app.calls.iter().filter(|(_, c)| c.method == Method::Watch).map(|(id, _)| *id).collect();
+        for stream in watches {
+            st.end_call(core, stream, &Status::new(Code::UNAVAILABLE, "etcdserver: server stopped"));
         }
         st.grpc.h2.start_drain();
         drop(st);
@@ -441,6 +479,11 @@ impl ConnState {
             core.health_watchers
                 .borrow_mut()
                 .retain(|(c, _)| !(c.conn_slot == slot && c.conn_gen == gen && cancelled.contains(&c.stream)));
+            let mut hub = core.watch.borrow_mut();
+            for &stream in cancelled {
+                hub.remove_stream(CallRef { conn_slot: slot, conn_gen: gen, stream });
+            }
+            drop(hub);
             self.app.cancelled.clear();
         }
         while let Some(work) = self.app.ready.pop_front() {
@@ -453,6 +496,17 @@ impl ConnState {
                     if self.app.calls.remove(&stream).is_some() {
                         self.grpc.reply(stream, |_| {});
                     }
+                }
+                Work::Watch { stream, call } => {
+                    if !self.app.calls.contains_key(&stream) {
+                        continue;
+                    }
+                    let current = core.shared.shard_stats.revision.load(std::sync::atomic::Ordering::Relaxed) as i64;
+                    let grpc = &mut self.grpc;
+                    core.watch.borrow_mut().request(self.app.call_ref(stream), call, current, &mut |m| {
+                        grpc.send_message(stream, |b| b.extend_from_slice(m))
+                    });
+                    core.watch_wake.notify();
                 }
                 Work::Shard { stream, req } => {
                     let Some(call) = self.app.calls.get(&stream) else {
@@ -486,6 +540,9 @@ impl ConnState {
             ShardReply::Health(s) => self.apply(core, stream, Outcome::Health(s), &[]),
             ShardReply::Error(e) => self.apply(core, stream, Outcome::Error(e), &[]),
             ShardReply::DeadlineExceeded => self.apply(core, stream, Outcome::DeadlineExceeded, &[]),
+            ShardReply::WatchSynced(r) => self.apply(core, stream, Outcome::WatchSynced(r), &[]),
+            // Published to the core, not to a call: `Core::deliver` hands them to the hub.
+            ShardReply::WatchEvents(_) | ShardReply::WatchLagged(_) => {}
         }
     }
 
@@ -512,6 +569,15 @@ impl ConnState {
                     core.health_watchers.borrow_mut().push((self.app.call_ref(stream), known));
                 }
             }
+            (Method::Watch, Outcome::WatchSynced(r)) => {
+                let backlog = self.grpc.h2.out().len() + self.grpc.h2.blocked_bytes();
+                let grpc = &mut self.grpc;
+                core.watch.borrow_mut().synced(self.app.call_ref(stream), *r, backlog, &mut |m| {
+                    grpc.send_message(stream, |b| b.extend_from_slice(m))
+                });
+                core.watch_wake.notify();
+            }
+            (_, Outcome::WatchSynced(_)) => {}
             (Method::Snapshot, Outcome::Encoded) => {
                 self.app.calls.remove(&stream);
                 send_snapshot(&mut self.grpc, stream, encoded);
@@ -538,9 +604,12 @@ impl ConnState {
     }
 
     fn end_call(&mut self, core: &Core, stream: u32, status: &Status) {
-        self.app.calls.remove(&stream);
+        let method = self.app.calls.remove(&stream).map(|c| c.method);
         let me = self.app.call_ref(stream);
         core.health_watchers.borrow_mut().retain(|(c, _)| *c != me);
+        if method == Some(Method::Watch) {
+            core.watch.borrow_mut().remove_stream(me);
+        }
         self.grpc.finish(stream, status);
     }
 }

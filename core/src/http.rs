@@ -123,6 +123,12 @@ pub fn metrics(shared: &Shared) -> String {
         ),
         ("etcd_debugging_mvcc_current_revision", "gauge", "The current revision of store.", get(&st.revision)),
         (
+            "etcd_debugging_mvcc_watcher_total",
+            "gauge",
+            "Total number of watchers.",
+            shared.stats.iter().map(|c| get(&c.watchers)).sum(),
+        ),
+        (
             "metastore_writes_applied_total",
             "counter",
             "Client write requests applied (divided by the fsync count: writes per fsync).",

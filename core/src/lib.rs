@@ -21,3 +21,4 @@ mod test_client;
 #[cfg(test)]
 mod testing;
 pub mod tools;
+pub mod watch;

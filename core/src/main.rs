@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         };
     }
     let cfg = match config::parse_args(args) {
-        Ok(Command::Serve(cfg)) => cfg,
+        Ok(Command::Serve(cfg)) => *cfg,
         Ok(Command::Help) => {
             print!("{}", config::usage());
             return ExitCode::SUCCESS;

@@ -36,6 +36,8 @@ pub struct CoreStats {
     pub conns_accepted: AtomicU64,
     pub ring_full_waits: AtomicU64,
     pub shard_requests_sent: AtomicU64,
+    /// Watchers on this core's connections.
+    pub watchers: AtomicU64,
 }
 
 impl CoreStats {
@@ -177,13 +179,17 @@ pub struct Core {
     /// Wakes the shard loop: a local write to propose, a flush or checkpoint that finished.
     pub shard_wake: LocalNotify,
     flushed: RefCell<Option<metastore_storage::log::Flushed>>,
+    /// This core's watchers.
+    pub watch: RefCell<crate::watch::WatchHub>,
+    /// Wakes the watch task: history requests to send.
+    pub watch_wake: LocalNotify,
 }
 
 impl Core {
     pub fn new(id: usize, shared: Arc<Shared>, link: ShardLink) -> Self {
         Self {
             id,
-            shared,
+            shared: shared.clone(),
             link,
             conns: RefCell::new(Slab::new()),
             next_gen: Cell::new(1),
@@ -197,6 +203,12 @@ impl Core {
             local_out: RefCell::new(Vec::with_capacity(64 << 10)),
             shard_wake: LocalNotify::default(),
             flushed: RefCell::new(None),
+            watch: RefCell::new(crate::watch::WatchHub::new(
+                shared.cfg.recv_message_bytes_max(),
+                shared.cfg.watch_progress_notify_interval,
+                Some((shared.clone(), id)),
+            )),
+            watch_wake: LocalNotify::default(),
         }
     }
 
@@ -243,6 +255,7 @@ impl Core {
         let empty = conns.is_empty();
         drop(conns);
         self.health_watchers.borrow_mut().retain(|(c, _)| !(c.conn_slot == slot && c.conn_gen == gen));
+        self.watch.borrow_mut().remove_conn(slot, gen);
         if empty && self.draining.get() {
             self.drained.notify();
         }
@@ -287,8 +300,20 @@ impl Core {
         }
     }
 
-    /// A reply for one of this core's calls.
+    /// A reply for one of this core's calls, or changes published to its watchers.
     pub fn deliver(&self, r: ReplyEnvelope) {
+        match r.reply {
+            ShardReply::WatchEvents(batch) => {
+                self.watch.borrow_mut().batch(self, &batch);
+                return;
+            }
+            ShardReply::WatchLagged(upto) => {
+                self.watch.borrow_mut().lagged(upto);
+                self.watch_wake.notify();
+                return;
+            }
+            _ => {}
+        }
         if let Some(conn) = self.conn(r.call.conn_slot, r.call.conn_gen) {
             conn.on_shard_reply(self, r.call.stream, r.reply);
         }
@@ -458,6 +483,7 @@ pub async fn shard_loop(core: Rc<Core>) {
                         Outcome::Health(h) => ShardReply::Health(h),
                         Outcome::Error(e) => ShardReply::Error(e),
                         Outcome::DeadlineExceeded => ShardReply::DeadlineExceeded,
+                        Outcome::WatchSynced(r) => ShardReply::WatchSynced(r),
                     };
                     queued += 1;
                     replies.remote.push((i, ReplyEnvelope { call: env.call, reply }));
@@ -485,6 +511,11 @@ pub async fn shard_loop(core: Rc<Core>) {
             });
         }
         shard.borrow().publish_stats(&core.shared.shard_stats);
+        // This core's watchers get the round's changes now, before anything else runs here.
+        let local = shard.borrow_mut().take_local_batches();
+        for b in local {
+            core.watch.borrow_mut().batch(&core, &b);
+        }
         // Checkpoints: encoded here, written on a helper thread.
         if let Some(rx) = &mut ckpt_rx {
             if let Some((index, r)) = rx.try_recv() {
@@ -526,6 +557,18 @@ pub async fn shard_loop(core: Rc<Core>) {
                     }
                 }
             }
+            // Changes for the other cores' watchers, after the answers (a watcher's history
+            // answer and the batches after it arrive in that order), in the room the answers
+            // owed leave; the rest waits in the shard (bounded: beyond it the core is told it
+            // lagged and its watchers catch up from history).
+            for (i, (_, tx)) in inbound.iter_mut().enumerate() {
+                let owed = shard.borrow().outstanding(i) + overflow.iter().filter(|(r, _)| *r == i).count();
+                while tx.slots() > owed {
+                    let Some(reply) = shard.borrow_mut().next_published(i) else { break };
+                    let pushed = tx.try_send(ReplyEnvelope { call: crate::watch::NO_CALL, reply });
+                    debug_assert!(pushed.is_ok(), "checked for room");
+                }
+            }
         }
         // Wait for more work: a ring, a local write, a flush or checkpoint, or the next tick.
         let wait = tick.saturating_sub(last_tick.elapsed());
@@ -535,7 +578,8 @@ pub async fn shard_loop(core: Rc<Core>) {
                 let mut ready = false;
                 for (i, (rx, tx)) in inbound.iter_mut().enumerate() {
                     let owed = shard.borrow().outstanding(i) + overflow.iter().filter(|(r, _)| *r == i).count();
-                    if tx.poll_slots_over(owed, cx).is_ready() && rx.poll_readable(cx).is_ready() {
+                    let room = tx.poll_slots_over(owed, cx).is_ready();
+                    if room && (rx.poll_readable(cx).is_ready() || shard.borrow().has_published(i)) {
                         ready = true;
                     }
                 }

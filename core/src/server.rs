@@ -305,6 +305,7 @@ async fn core_main(
     monoio::spawn(reactor::timer_loop(core.clone()));
     monoio::spawn(reactor::reply_loop(core.clone()));
     monoio::spawn(reactor::shard_loop(core.clone()));
+    monoio::spawn(crate::watch::watch_loop(core.clone()));
     shared.stop.wait(id).await;
     core.start_drain();
     monoio::select! {

@@ -9,8 +9,10 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use metastore_net::grpc::{Code, Status};
@@ -27,6 +29,7 @@ use prost::Message;
 
 use crate::disk::ReactorDisk;
 use crate::etcd::kv::{self, Header, Ids, NoLeases};
+use crate::watch::{EventBatch, WatchSync, WatchSynced};
 
 /// Which call a reply belongs to: a connection on some core (slab slot and generation, so a
 /// reused slot never receives a stale reply) and the HTTP/2 stream.
@@ -55,6 +58,8 @@ pub enum ShardRequest {
     Hash,
     HashKv(pb::HashKvRequest),
     Snapshot,
+    /// A watcher's history (and, at its creation, its core's subscription to changes).
+    WatchSync(Box<WatchSync>),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -67,6 +72,11 @@ pub enum ShardReply {
     Error(Status),
     /// The request's deadline passed before the shard started it; it was dropped unexecuted.
     DeadlineExceeded,
+    WatchSynced(Box<WatchSynced>),
+    /// Changes published to a core's watchers (not an answer to a call).
+    WatchEvents(Arc<EventBatch>),
+    /// The core missed the published changes up to this revision (its ring was full).
+    WatchLagged(i64),
 }
 
 /// How a request ended, when its response was encoded into a caller's buffer.
@@ -79,6 +89,7 @@ pub enum Outcome {
     Health(Option<ServingStatus>),
     Error(Status),
     DeadlineExceeded,
+    WatchSynced(Box<WatchSynced>),
 }
 
 /// Who this member is, as Status and MemberList report it.
@@ -212,7 +223,25 @@ pub struct Shard<D: Disk = ReactorDisk> {
     alarms: std::collections::BTreeSet<(u64, i32)>,
     quota_bytes: u64,
     compactor: Option<crate::compactor::Compactor>,
+    /// Where applied changes go for watchers: this core's, and each other core's by ring.
+    local_feed: Feed,
+    feeds: Vec<Feed>,
+    /// Changes applied this round, for the feeds (gathered only while a core subscribes).
+    watch_events: Vec<metastore_storage::mvcc::Event>,
+    /// The first revision of this round's changes.
+    watch_from: i64,
 }
+
+/// Batches of published changes a core has not taken yet. At most [`FEED_BATCHES_MAX`] wait;
+/// beyond that they are dropped for a lag notice, and the core's watchers catch up from history.
+#[derive(Default)]
+struct Feed {
+    subscribed: bool,
+    queue: VecDeque<Arc<EventBatch>>,
+    lagged_upto: Option<i64>,
+}
+
+const FEED_BATCHES_MAX: usize = 256;
 
 /// Maintenance.Defragment's progress (`phase`, 0 when idle): 1, a checkpoint, then the head
 /// sealed; 2, a checkpoint whose replay starts past every old segment, then the live history
@@ -307,6 +336,10 @@ impl<D: Disk> Shard<D> {
             relocated: Vec::new(),
             gc_wanted: false,
             defrag: Defrag::default(),
+            local_feed: Feed::default(),
+            feeds: Vec::new(),
+            watch_events: Vec::new(),
+            watch_from: 0,
             alarms,
             quota_bytes: cfg.quota_bytes,
             compactor: cfg.auto_compaction.map(|m| crate::compactor::Compactor::new(m, Instant::now())),
@@ -439,6 +472,18 @@ impl<D: Disk> Shard<D> {
             }
             ShardRequest::Compact(r) => return self.propose(op::COMPACT, &r, waiter),
             ShardRequest::Defragment => return self.defragment(waiter),
+            ShardRequest::WatchSync(w) => {
+                match waiter {
+                    Waiter::Local(_) => self.local_feed.subscribed = true,
+                    Waiter::Remote { ring, .. } => {
+                        if self.feeds.len() <= ring {
+                            self.feeds.resize_with(ring + 1, Feed::default);
+                        }
+                        self.feeds[ring].subscribed = true;
+                    }
+                }
+                return Outcome::WatchSynced(Box::new(crate::watch::sync(&self.store, &ids, &w)));
+            }
         };
         match r {
             Ok(()) => Outcome::Encoded,
@@ -587,6 +632,7 @@ impl<D: Disk> Shard<D> {
             self.fail(e, replies);
             return None;
         }
+        self.publish();
         if self.flushing_ready.is_some() {
             return None;
         }
@@ -691,6 +737,7 @@ impl<D: Disk> Shard<D> {
         let id = u64::from_le_bytes(*id);
         let ids = self.ids();
         let mut out = Vec::with_capacity(REPLY_BYTES_INITIAL);
+        let rev_before = self.store.current_revision();
         let corrupt = self.alarm_active(AlarmType::Corrupt);
         let capped = self.alarm_active(AlarmType::Nospace);
         let r = match kind {
@@ -720,6 +767,12 @@ impl<D: Disk> Shard<D> {
             }
             _ => Err(Status::new(Code::INTERNAL, format!("unknown write kind {kind} in raft entry {}", e.index))),
         };
+        if self.store.current_revision() != rev_before && self.watched() {
+            if self.watch_events.is_empty() {
+                self.watch_from = rev_before + 1;
+            }
+            self.watch_events.extend_from_slice(self.store.last_events());
+        }
         // Entries replayed at start (or proposed before a restart) have no one waiting.
         if let Some(w) = self.waiters.remove(&id) {
             self.writes_applied += 1;
@@ -857,6 +910,53 @@ impl<D: Disk> Shard<D> {
             self.relocated.push(seq);
         }
         Ok(())
+    }
+
+    fn watched(&self) -> bool {
+        self.local_feed.subscribed || self.feeds.iter().any(|f| f.subscribed)
+    }
+
+    /// Makes this round's changes one batch, queued for every subscribed core.
+    fn publish(&mut self) {
+        if self.watch_events.is_empty() {
+            return;
+        }
+        let batch = Arc::new(EventBatch {
+            ids: self.ids(),
+            from_rev: self.watch_from,
+            to_rev: self.store.current_revision(),
+            events: std::mem::take(&mut self.watch_events),
+        });
+        for f in std::iter::once(&mut self.local_feed).chain(self.feeds.iter_mut()) {
+            if !f.subscribed {
+                continue;
+            }
+            if f.queue.len() >= FEED_BATCHES_MAX {
+                f.queue.clear();
+                f.lagged_upto = Some(batch.to_rev);
+            } else {
+                f.queue.push_back(batch.clone());
+            }
+        }
+    }
+
+    /// The batches for this core's own watchers.
+    pub fn take_local_batches(&mut self) -> Vec<Arc<EventBatch>> {
+        self.local_feed.queue.drain(..).collect()
+    }
+
+    /// Whether the core behind ring `ring` has published changes waiting.
+    pub fn has_published(&self, ring: usize) -> bool {
+        self.feeds.get(ring).is_some_and(|f| f.lagged_upto.is_some() || !f.queue.is_empty())
+    }
+
+    /// The next item for the core behind ring `ring`: a lag notice first, then batches.
+    pub fn next_published(&mut self, ring: usize) -> Option<ShardReply> {
+        let f = self.feeds.get_mut(ring)?;
+        if let Some(upto) = f.lagged_upto.take() {
+            return Some(ShardReply::WatchLagged(upto));
+        }
+        f.queue.pop_front().map(ShardReply::WatchEvents)
     }
 
     /// Maintenance.Defragment: answered when the space is reclaimed.

@@ -33,7 +33,7 @@ pub fn snapshot_restore(args: &[String]) -> Result<String, String> {
     }
     let file = file.ok_or("usage: metastore snapshot restore FILE --data-dir DIR [flags]")?;
     let cfg = match config::parse_args(rest).map_err(|e| e.0)? {
-        Command::Serve(c) => c,
+        Command::Serve(c) => *c,
         _ => return Err("usage: metastore snapshot restore FILE --data-dir DIR [flags]".into()),
     };
     let member = member_dir(&cfg.data_dir);
@@ -60,7 +60,7 @@ pub fn snapshot_restore(args: &[String]) -> Result<String, String> {
 /// cut part. Returns what was done.
 pub fn repair(args: &[String]) -> Result<String, String> {
     let cfg = match config::parse_args(args.iter().cloned()).map_err(|e| e.0)? {
-        Command::Serve(c) => c,
+        Command::Serve(c) => *c,
         _ => return Err("usage: metastore repair --data-dir DIR".into()),
     };
     let member = member_dir(&cfg.data_dir);

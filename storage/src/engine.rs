@@ -228,6 +228,10 @@ impl<D: Disk> History for DurableHistory<D> {
     fn revisions_from(&self, from: Revision) -> Vec<Revision> {
         self.slots.range(from..).map(|(r, _)| *r).collect()
     }
+
+    fn revisions_until(&self, from: Revision, until: i64) -> Vec<Revision> {
+        self.slots.range(from..Revision { main: until, sub: 0 }).map(|(r, _)| *r).collect()
+    }
 }
 
 // ----- checkpoints -----

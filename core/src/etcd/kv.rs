@@ -65,7 +65,7 @@ impl Header {
     }
 }
 
-fn kv_len(r: &Record, keys_only: bool) -> usize {
+pub fn kv_len(r: &Record, keys_only: bool) -> usize {
     pbw::bytes_field_len(1, &r.key)
         + pbw::i64_field_len(2, r.create_revision)
         + pbw::i64_field_len(3, r.mod_revision)

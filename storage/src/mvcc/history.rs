@@ -22,6 +22,8 @@ pub trait History {
     fn bytes(&self) -> usize;
     /// Revisions held from `from` on, in order.
     fn revisions_from(&self, from: Revision) -> Vec<Revision>;
+    /// Revisions held from `from` up to (not including) main revision `until`, in order.
+    fn revisions_until(&self, from: Revision, until: i64) -> Vec<Revision>;
 }
 
 /// History in memory: every record kept as is.
@@ -65,5 +67,9 @@ impl History for MemHistory {
 
     fn revisions_from(&self, from: Revision) -> Vec<Revision> {
         self.map.range(from..).map(|(r, _)| *r).collect()
+    }
+
+    fn revisions_until(&self, from: Revision, until: i64) -> Vec<Revision> {
+        self.map.range(from..Revision { main: until, sub: 0 }).map(|(r, _)| *r).collect()
     }
 }
