@@ -64,6 +64,12 @@ enum Method {
     Snapshot,
     /// etcd's Watch: a bidirectional stream served by the core's [`crate::watch::WatchHub`].
     Watch,
+    LeaseGrant,
+    LeaseRevoke,
+    /// A bidirectional stream: one response per request, in order.
+    LeaseKeepAlive,
+    LeaseTimeToLive,
+    LeaseLeases,
     /// `/metastore.Bench/Null` (with `--experimental-bench-null`): answered on the connection's
     /// core with an empty message, no storage work: the transport's ceiling.
     Null,
@@ -93,6 +99,11 @@ fn route(service: &str, method: &str, cfg: &Config) -> Result<Method, Status> {
         ("etcdserverpb.Maintenance", "Snapshot") => Method::Snapshot,
         ("etcdserverpb.Cluster", "MemberList") => Method::MemberList,
         ("etcdserverpb.Watch", "Watch") => Method::Watch,
+        ("etcdserverpb.Lease", "LeaseGrant") => Method::LeaseGrant,
+        ("etcdserverpb.Lease", "LeaseRevoke") => Method::LeaseRevoke,
+        ("etcdserverpb.Lease", "LeaseKeepAlive") => Method::LeaseKeepAlive,
+        ("etcdserverpb.Lease", "LeaseTimeToLive") => Method::LeaseTimeToLive,
+        ("etcdserverpb.Lease", "LeaseLeases") => Method::LeaseLeases,
         _ => {
             let Some(desc) = metastore_proto::SERVICES.iter().find(|d| d.name == service) else {
                 return Err(Status::unknown_service(service));
@@ -177,6 +188,14 @@ fn decode_request(method: Method, message: &[u8], cfg: &Config) -> Result<ShardR
             decode::<pb::SnapshotRequest>(message)?;
             ShardRequest::Snapshot
         }
+        Method::LeaseGrant => ShardRequest::LeaseGrant(decode::<pb::LeaseGrantRequest>(message)?),
+        Method::LeaseRevoke => ShardRequest::LeaseRevoke(decode::<pb::LeaseRevokeRequest>(message)?),
+        Method::LeaseKeepAlive => ShardRequest::LeaseKeepAlive(decode::<pb::LeaseKeepAliveRequest>(message)?.id),
+        Method::LeaseTimeToLive => ShardRequest::LeaseTimeToLive(decode::<pb::LeaseTimeToLiveRequest>(message)?),
+        Method::LeaseLeases => {
+            decode::<pb::LeaseLeasesRequest>(message)?;
+            ShardRequest::LeaseLeases
+        }
         // Answered on the connection's core (see `App::on_message`).
         Method::Null | Method::Watch => return Err(Status::new(Code::INTERNAL, "this method has no shard request")),
     })
@@ -186,6 +205,10 @@ struct CallCtx {
     method: Method,
     deadline: Option<Instant>,
     got_message: bool,
+    /// A keep-alive stream's requests not answered yet.
+    inflight: u32,
+    /// The client has half-closed (a keep-alive stream then ends once every request is answered).
+    half_closed: bool,
 }
 
 /// Work found while decoding, carried out once the codec is no longer borrowed.
@@ -242,7 +265,7 @@ impl grpc::Service for App {
         if let Some(at) = deadline {
             self.arm.push((at, id));
         }
-        self.calls.insert(id, CallCtx { method, deadline, got_message: false });
+        self.calls.insert(id, CallCtx { method, deadline, got_message: false, inflight: 0, half_closed: false });
         Ok(())
     }
 
@@ -255,6 +278,13 @@ impl grpc::Service for App {
             if let Some(call) = crate::watch::decode_call(req) {
                 self.ready.push_back(Work::Watch { stream: id, call });
             }
+            return Ok(());
+        }
+        if call.method == Method::LeaseKeepAlive {
+            call.got_message = true;
+            call.inflight += 1;
+            let req = decode_request(call.method, message, &self.shared.cfg)?;
+            self.ready.push_back(Work::Shard { stream: id, req });
             return Ok(());
         }
         if call.got_message {
@@ -272,6 +302,14 @@ impl grpc::Service for App {
     }
 
     fn on_half_close(&mut self, id: u32) {
+        if let Some(call) = self.calls.get_mut(&id).filter(|c| c.method == Method::LeaseKeepAlive) {
+            // etcd ends a keep-alive stream with OK when the client closes its side.
+            call.half_closed = true;
+            if call.inflight == 0 {
+                self.ready.push_back(Work::Fail { stream: id, status: Status::ok() });
+            }
+            return;
+        }
         if let Some(call) = self.calls.get(&id) {
             // A Watch stream goes on after the client's half-close (etcd keeps sending).
             if !call.got_message && call.method != Method::Watch {
@@ -578,6 +616,16 @@ impl ConnState {
                 core.watch_wake.notify();
             }
             (_, Outcome::WatchSynced(_)) => {}
+            (Method::LeaseKeepAlive, Outcome::Encoded) => {
+                self.grpc.send_message(stream, |b| b.extend_from_slice(encoded));
+                if let Some(c) = self.app.calls.get_mut(&stream) {
+                    c.inflight = c.inflight.saturating_sub(1);
+                    if c.half_closed && c.inflight == 0 {
+                        self.app.calls.remove(&stream);
+                        self.grpc.finish(stream, &Status::ok());
+                    }
+                }
+            }
             (Method::Snapshot, Outcome::Encoded) => {
                 self.app.calls.remove(&stream);
                 send_snapshot(&mut self.grpc, stream, encoded);

@@ -11,6 +11,7 @@ pub mod conn;
 pub mod disk;
 pub mod etcd;
 pub mod http;
+pub mod lease;
 pub mod notify;
 pub mod reactor;
 pub mod ring;

@@ -496,6 +496,7 @@ pub async fn shard_loop(core: Rc<Core>) {
             let mut s = shard.borrow_mut();
             s.raft_tick();
             s.auto_compact(last_tick);
+            s.expire_leases(last_tick);
         }
         if let Some(done) = core.flushed.borrow_mut().take() {
             shard.borrow_mut().flush_done(done, &mut replies);

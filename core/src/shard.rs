@@ -28,7 +28,8 @@ use metastore_storage::mvcc::Store;
 use prost::Message;
 
 use crate::disk::ReactorDisk;
-use crate::etcd::kv::{self, Header, Ids, NoLeases};
+use crate::etcd::kv::{self, Header, Ids};
+use crate::lease::LeaseTable;
 use crate::watch::{EventBatch, WatchSync, WatchSynced};
 
 /// Which call a reply belongs to: a connection on some core (slab slot and generation, so a
@@ -60,6 +61,11 @@ pub enum ShardRequest {
     Snapshot,
     /// A watcher's history (and, at its creation, its core's subscription to changes).
     WatchSync(Box<WatchSync>),
+    LeaseGrant(pb::LeaseGrantRequest),
+    LeaseRevoke(pb::LeaseRevokeRequest),
+    LeaseKeepAlive(i64),
+    LeaseTimeToLive(pb::LeaseTimeToLiveRequest),
+    LeaseLeases,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -152,11 +158,14 @@ mod op {
     pub const TXN: u8 = 3;
     pub const COMPACT: u8 = 4;
     pub const ALARM: u8 = 5;
+    pub const LEASE_GRANT: u8 = 6;
+    pub const LEASE_REVOKE: u8 = 7;
 }
 
 /// Checkpoint section tags.
 pub const SECTION_RAFT: u32 = 1;
 const SECTION_ALARMS: u32 = 2;
+const SECTION_LEASES: u32 = 3;
 /// etcd refuses proposals when apply lags commit by more than this many entries.
 pub const UNAPPLIED_ENTRIES_MAX: u64 = 5_000;
 
@@ -230,6 +239,10 @@ pub struct Shard<D: Disk = ReactorDisk> {
     watch_events: Vec<metastore_storage::mvcc::Event>,
     /// The first revision of this round's changes.
     watch_from: i64,
+    leases: LeaseTable,
+    /// Lease IDs this member has picked (for the next one).
+    lease_ids_picked: u64,
+    last_expiry_check: Instant,
 }
 
 /// Batches of published changes a core has not taken yet. At most [`FEED_BATCHES_MAX`] wait;
@@ -264,9 +277,14 @@ impl<D: Disk> Shard<D> {
         let mut rec = Recovered::default();
         let mut replay_from = Default::default();
         let mut alarms = std::collections::BTreeSet::new();
+        let mut leases = LeaseTable::default();
         if let Some(img) = &img {
             if let Some((_, a)) = img.meta.sections.iter().find(|(t, _)| *t == SECTION_ALARMS) {
                 alarms = decode_alarms(a).map_err(|e| format!("checkpoint alarms section: {e}"))?;
+            }
+            if let Some((_, l)) = img.meta.sections.iter().find(|(t, _)| *t == SECTION_LEASES) {
+                leases =
+                    LeaseTable::decode(l, Instant::now()).map_err(|e| format!("checkpoint leases section: {e}"))?;
             }
             replay_from = img.meta.replay_from;
             let raft = img
@@ -300,6 +318,11 @@ impl<D: Disk> Shard<D> {
             Some(i) => engine::restore_store(i, log.clone()),
             None => Store::with_history(DurableHistory::new(log.clone())),
         };
+        for (_, _, current) in store.dump_keys() {
+            if let Some(r) = current.filter(|r| r.lease != 0) {
+                leases.attach(r.lease, r.key.clone());
+            }
+        }
         let last_checkpoint = rec.checkpoint.as_ref().map_or(0, |c| c.index);
         tracing::info!(
             checkpoint = last_checkpoint,
@@ -340,6 +363,9 @@ impl<D: Disk> Shard<D> {
             feeds: Vec::new(),
             watch_events: Vec::new(),
             watch_from: 0,
+            leases,
+            lease_ids_picked: 0,
+            last_expiry_check: Instant::now(),
             alarms,
             quota_bytes: cfg.quota_bytes,
             compactor: cfg.auto_compaction.map(|m| crate::compactor::Compactor::new(m, Instant::now())),
@@ -430,7 +456,57 @@ impl<D: Disk> Shard<D> {
                 return Outcome::Health(s);
             }
             ShardRequest::Range(r) => kv::range(&self.store, &ids, &r, out),
-            ShardRequest::Txn(t) if kv::txn_is_read_only(&t) => kv::txn(&mut self.store, &ids, &NoLeases, &t, out),
+            ShardRequest::Txn(t) if kv::txn_is_read_only(&t) => kv::txn(&mut self.store, &ids, &self.leases, &t, out),
+            ShardRequest::LeaseGrant(mut r) => {
+                if r.ttl > crate::lease::TTL_MAX {
+                    return Outcome::Error(crate::etcd::errors::lease_ttl_too_large());
+                }
+                if self.alarm_active(AlarmType::Nospace) {
+                    return Outcome::Error(nospace());
+                }
+                if r.id == 0 {
+                    let ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    loop {
+                        self.lease_ids_picked += 1;
+                        r.id = crate::lease::new_id(self.member.ids.member_id, self.lease_ids_picked, ms);
+                        if !kv::Leases::exists(&self.leases, r.id) {
+                            break;
+                        }
+                    }
+                }
+                r.ttl = r.ttl.max(crate::lease::TTL_MIN);
+                return self.propose(op::LEASE_GRANT, &r, waiter);
+            }
+            ShardRequest::LeaseRevoke(r) => return self.propose(op::LEASE_REVOKE, &r, waiter),
+            ShardRequest::LeaseKeepAlive(id) => {
+                let ttl = self.leases.renew(id, now).unwrap_or(0);
+                let header = self.header(self.store.current_revision());
+                pb::LeaseKeepAliveResponse { header, id, ttl }.encode_raw(out);
+                Ok(())
+            }
+            ShardRequest::LeaseTimeToLive(r) => {
+                let header = self.header(self.store.current_revision());
+                let resp = match self.leases.get(r.id) {
+                    None => pb::LeaseTimeToLiveResponse { header, id: r.id, ttl: -1, granted_ttl: 0, keys: Vec::new() },
+                    Some(l) => pb::LeaseTimeToLiveResponse {
+                        header,
+                        id: r.id,
+                        ttl: self.leases.remaining(r.id, now).unwrap_or(0),
+                        granted_ttl: l.ttl,
+                        keys: if r.keys { l.keys.iter().map(|k| k.to_vec()).collect() } else { Vec::new() },
+                    },
+                };
+                resp.encode_raw(out);
+                Ok(())
+            }
+            ShardRequest::LeaseLeases => {
+                let header = self.header(self.store.current_revision());
+                let leases = self.leases.ids().map(|id| pb::LeaseStatus { id }).collect();
+                pb::LeaseLeasesResponse { header, leases }.encode_raw(out);
+                Ok(())
+            }
             ShardRequest::Status => {
                 self.status().encode_raw(out);
                 Ok(())
@@ -550,6 +626,18 @@ impl<D: Disk> Shard<D> {
         data.extend_from_slice(&id.to_le_bytes());
         msg.encode_raw(&mut data);
         let _ = self.raft.propose(data);
+    }
+
+    /// The leader revokes expired leases, through raft (as a client's revoke would).
+    pub fn expire_leases(&mut self, now: Instant) {
+        if now.duration_since(self.last_expiry_check) < crate::lease::EXPIRY_CHECK || self.failed.is_some() {
+            return;
+        }
+        self.last_expiry_check = now;
+        for id in self.leases.expired(now, crate::lease::REVOKES_PER_CHECK) {
+            tracing::debug!(lease = id, "lease expired: revoking");
+            self.propose_unwaited(op::LEASE_REVOKE, &pb::LeaseRevokeRequest { id });
+        }
     }
 
     /// Runs auto-compaction when it is due.
@@ -747,13 +835,33 @@ impl<D: Disk> Shard<D> {
             op::ALARM => pb::AlarmRequest::decode(msg).map_err(decode_error).map(|a| self.apply_alarm(&a, &mut out)),
             op::PUT => pb::PutRequest::decode(msg)
                 .map_err(decode_error)
-                .and_then(|r| kv::put(&mut self.store, &ids, &NoLeases, &r, &mut out)),
+                .and_then(|r| kv::put(&mut self.store, &ids, &self.leases, &r, &mut out)),
             op::DELETE_RANGE => pb::DeleteRangeRequest::decode(msg)
                 .map_err(decode_error)
                 .and_then(|r| kv::delete_range(&mut self.store, &ids, &r, &mut out)),
             op::TXN => pb::TxnRequest::decode(msg)
                 .map_err(decode_error)
-                .and_then(|r| kv::txn(&mut self.store, &ids, &NoLeases, &r, &mut out)),
+                .and_then(|r| kv::txn(&mut self.store, &ids, &self.leases, &r, &mut out)),
+            op::LEASE_GRANT => pb::LeaseGrantRequest::decode(msg).map_err(decode_error).and_then(|r| {
+                if !self.leases.grant(r.id, r.ttl, Instant::now()) {
+                    return Err(crate::etcd::errors::lease_exists());
+                }
+                let header = self.header(self.store.current_revision());
+                pb::LeaseGrantResponse { header, id: r.id, ttl: r.ttl, error: String::new() }.encode_raw(&mut out);
+                Ok(())
+            }),
+            op::LEASE_REVOKE => pb::LeaseRevokeRequest::decode(msg).map_err(decode_error).and_then(|r| {
+                let keys = self.leases.revoke(r.id).ok_or_else(crate::etcd::errors::lease_not_found)?;
+                if !keys.is_empty() {
+                    // Every attached key goes in one revision.
+                    let mut w = self.store.write();
+                    for k in &keys {
+                        w.delete_range(k, b"");
+                    }
+                }
+                pb::LeaseRevokeResponse { header: self.header(self.store.current_revision()) }.encode_raw(&mut out);
+                Ok(())
+            }),
             op::COMPACT => {
                 let r = pb::CompactionRequest::decode(msg)
                     .map_err(decode_error)
@@ -767,6 +875,9 @@ impl<D: Disk> Shard<D> {
             }
             _ => Err(Status::new(Code::INTERNAL, format!("unknown write kind {kind} in raft entry {}", e.index))),
         };
+        if self.store.current_revision() != rev_before {
+            self.leases.track(self.store.last_events());
+        }
         if self.store.current_revision() != rev_before && self.watched() {
             if self.watch_events.is_empty() {
                 self.watch_from = rev_before + 1;
@@ -804,7 +915,11 @@ impl<D: Disk> Shard<D> {
         let raft = self.raft.checkpoint(applied).ok()?;
         let tail = self.log.borrow().tail();
         let replay_from = self.raft.replay_from(applied, tail);
-        let sections = vec![(SECTION_RAFT, raft.encode()), (SECTION_ALARMS, encode_alarms(&self.alarms))];
+        let sections = vec![
+            (SECTION_RAFT, raft.encode()),
+            (SECTION_ALARMS, encode_alarms(&self.alarms)),
+            (SECTION_LEASES, self.leases.encode()),
+        ];
         let meta = CheckpointMeta { applied_index: applied, replay_from, sections };
         self.checkpointing = true;
         self.force_checkpoint = false;

@@ -36,6 +36,12 @@ pub fn future_rev() -> Status {
 pub fn lease_not_found() -> Status {
     s(Code::NOT_FOUND, "etcdserver: requested lease not found")
 }
+pub fn lease_exists() -> Status {
+    s(Code::FAILED_PRECONDITION, "etcdserver: lease already exists")
+}
+pub fn lease_ttl_too_large() -> Status {
+    s(Code::OUT_OF_RANGE, "etcdserver: too large lease TTL")
+}
 pub fn request_too_large() -> Status {
     s(Code::INVALID_ARGUMENT, "etcdserver: request is too large")
 }
