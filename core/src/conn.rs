@@ -70,6 +70,14 @@ enum Method {
     LeaseKeepAlive,
     LeaseTimeToLive,
     LeaseLeases,
+    Lock,
+    Unlock,
+    Campaign,
+    Proclaim,
+    Leader,
+    /// A server stream: each leader change, asked for one at a time.
+    Observe,
+    Resign,
     /// `/metastore.Bench/Null` (with `--experimental-bench-null`): answered on the connection's
     /// core with an empty message, no storage work: the transport's ceiling.
     Null,
@@ -104,6 +112,13 @@ fn route(service: &str, method: &str, cfg: &Config) -> Result<Method, Status> {
         ("etcdserverpb.Lease", "LeaseKeepAlive") => Method::LeaseKeepAlive,
         ("etcdserverpb.Lease", "LeaseTimeToLive") => Method::LeaseTimeToLive,
         ("etcdserverpb.Lease", "LeaseLeases") => Method::LeaseLeases,
+        ("v3lockpb.Lock", "Lock") => Method::Lock,
+        ("v3lockpb.Lock", "Unlock") => Method::Unlock,
+        ("v3electionpb.Election", "Campaign") => Method::Campaign,
+        ("v3electionpb.Election", "Proclaim") => Method::Proclaim,
+        ("v3electionpb.Election", "Leader") => Method::Leader,
+        ("v3electionpb.Election", "Observe") => Method::Observe,
+        ("v3electionpb.Election", "Resign") => Method::Resign,
         _ => {
             let Some(desc) = metastore_proto::SERVICES.iter().find(|d| d.name == service) else {
                 return Err(Status::unknown_service(service));
@@ -196,6 +211,16 @@ fn decode_request(method: Method, message: &[u8], cfg: &Config) -> Result<ShardR
             decode::<pb::LeaseLeasesRequest>(message)?;
             ShardRequest::LeaseLeases
         }
+        Method::Lock => ShardRequest::Lock(decode(message)?),
+        Method::Unlock => ShardRequest::Unlock(decode(message)?),
+        Method::Campaign => ShardRequest::Campaign(decode(message)?),
+        Method::Proclaim => ShardRequest::Proclaim(decode(message)?),
+        Method::Leader => ShardRequest::Leader(decode(message)?),
+        Method::Resign => ShardRequest::Resign(decode(message)?),
+        Method::Observe => {
+            let r = decode::<metastore_proto::v3electionpb::LeaderRequest>(message)?;
+            ShardRequest::Observe { name: r.name, key: Vec::new(), mod_rev: 0 }
+        }
         // Answered on the connection's core (see `App::on_message`).
         Method::Null | Method::Watch => return Err(Status::new(Code::INTERNAL, "this method has no shard request")),
     })
@@ -209,6 +234,8 @@ struct CallCtx {
     inflight: u32,
     /// The client has half-closed (a keep-alive stream then ends once every request is answered).
     half_closed: bool,
+    /// Observe: the election's name.
+    name: Vec<u8>,
 }
 
 /// Work found while decoding, carried out once the codec is no longer borrowed.
@@ -265,7 +292,10 @@ impl grpc::Service for App {
         if let Some(at) = deadline {
             self.arm.push((at, id));
         }
-        self.calls.insert(id, CallCtx { method, deadline, got_message: false, inflight: 0, half_closed: false });
+        self.calls.insert(
+            id,
+            CallCtx { method, deadline, got_message: false, inflight: 0, half_closed: false, name: Vec::new() },
+        );
         Ok(())
     }
 
@@ -292,6 +322,10 @@ impl grpc::Service for App {
             return Ok(());
         }
         call.got_message = true;
+        if call.method == Method::Observe {
+            let r = decode::<metastore_proto::v3electionpb::LeaderRequest>(message)?;
+            call.name.clone_from(&r.name);
+        }
         if call.method == Method::Null {
             self.ready.push_back(Work::Null { stream: id });
             return Ok(());
@@ -625,6 +659,15 @@ impl ConnState {
                         self.grpc.finish(stream, &Status::ok());
                     }
                 }
+            }
+            (Method::Observe, Outcome::Encoded) => {
+                self.grpc.send_message(stream, |b| b.extend_from_slice(encoded));
+                // Ask for the next change.
+                let Ok(r) = metastore_proto::v3electionpb::LeaderResponse::decode(encoded) else { return };
+                let Some(kv) = r.kv else { return };
+                let name = self.app.calls.get(&stream).map(|c| c.name.clone()).unwrap_or_default();
+                let req = ShardRequest::Observe { name, key: kv.key, mod_rev: kv.mod_revision };
+                core.resubmit(Envelope { call: self.app.call_ref(stream), deadline: None, req });
             }
             (Method::Snapshot, Outcome::Encoded) => {
                 self.app.calls.remove(&stream);

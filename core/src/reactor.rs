@@ -183,6 +183,8 @@ pub struct Core {
     pub watch: RefCell<crate::watch::WatchHub>,
     /// Wakes the watch task: history requests to send.
     pub watch_wake: LocalNotify,
+    /// Requests a streaming call sends on its own (Observe's next leader), sent by the watch task.
+    pub resubmits: RefCell<std::collections::VecDeque<Envelope>>,
 }
 
 impl Core {
@@ -209,6 +211,7 @@ impl Core {
                 Some((shared.clone(), id)),
             )),
             watch_wake: LocalNotify::default(),
+            resubmits: RefCell::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -298,6 +301,12 @@ impl Core {
                 }
             },
         }
+    }
+
+    /// Queues a request that a call sends without a client message (the watch task sends it).
+    pub fn resubmit(&self, env: Envelope) {
+        self.resubmits.borrow_mut().push_back(env);
+        self.watch_wake.notify();
     }
 
     /// A reply for one of this core's calls, or changes published to its watchers.

@@ -30,6 +30,9 @@ use prost::Message;
 use crate::disk::ReactorDisk;
 use crate::etcd::kv::{self, Header, Ids};
 use crate::lease::LeaseTable;
+
+#[path = "recipes.rs"]
+mod recipes;
 use crate::watch::{EventBatch, WatchSync, WatchSynced};
 
 /// Which call a reply belongs to: a connection on some core (slab slot and generation, so a
@@ -66,6 +69,18 @@ pub enum ShardRequest {
     LeaseKeepAlive(i64),
     LeaseTimeToLive(pb::LeaseTimeToLiveRequest),
     LeaseLeases,
+    Lock(metastore_proto::v3lockpb::LockRequest),
+    Unlock(metastore_proto::v3lockpb::UnlockRequest),
+    Campaign(metastore_proto::v3electionpb::CampaignRequest),
+    Proclaim(metastore_proto::v3electionpb::ProclaimRequest),
+    Leader(metastore_proto::v3electionpb::LeaderRequest),
+    Resign(metastore_proto::v3electionpb::ResignRequest),
+    /// Observe's next leader: the one after `key` at `mod_rev` (empty: any).
+    Observe {
+        name: Vec<u8>,
+        key: Vec<u8>,
+        mod_rev: i64,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -243,6 +258,9 @@ pub struct Shard<D: Disk = ReactorDisk> {
     /// Lease IDs this member has picked (for the next one).
     lease_ids_picked: u64,
     last_expiry_check: Instant,
+    /// Lock and election txns in flight (by proposal id), and recipes waiting for changes.
+    steps: HashMap<u64, recipes::Step>,
+    waiting: Vec<recipes::Waiting>,
 }
 
 /// Batches of published changes a core has not taken yet. At most [`FEED_BATCHES_MAX`] wait;
@@ -366,6 +384,8 @@ impl<D: Disk> Shard<D> {
             leases,
             lease_ids_picked: 0,
             last_expiry_check: Instant::now(),
+            steps: HashMap::new(),
+            waiting: Vec::new(),
             alarms,
             quota_bytes: cfg.quota_bytes,
             compactor: cfg.auto_compaction.map(|m| crate::compactor::Compactor::new(m, Instant::now())),
@@ -480,6 +500,13 @@ impl<D: Disk> Shard<D> {
                 return self.propose(op::LEASE_GRANT, &r, waiter);
             }
             ShardRequest::LeaseRevoke(r) => return self.propose(op::LEASE_REVOKE, &r, waiter),
+            ShardRequest::Lock(r) => return self.lock(r, waiter),
+            ShardRequest::Unlock(r) => return self.unlock(r, waiter),
+            ShardRequest::Campaign(r) => return self.campaign(r, waiter),
+            ShardRequest::Proclaim(r) => return self.proclaim(r, waiter),
+            ShardRequest::Resign(r) => return self.resign(r, waiter),
+            ShardRequest::Leader(r) => self.leader(r, out),
+            ShardRequest::Observe { name, key, mod_rev } => return self.observe(&name, key, mod_rev, waiter, out),
             ShardRequest::LeaseKeepAlive(id) => {
                 let ttl = self.leases.renew(id, now).unwrap_or(0);
                 let header = self.header(self.store.current_revision());
@@ -721,6 +748,7 @@ impl<D: Disk> Shard<D> {
             return None;
         }
         self.publish();
+        self.check_waiting(replies);
         if self.flushing_ready.is_some() {
             return None;
         }
@@ -812,7 +840,11 @@ impl<D: Disk> Shard<D> {
     fn fail(&mut self, why: String, replies: &mut Replies) {
         tracing::error!(error = %why, "the data disk failed: refusing writes until the server restarts");
         self.failed = Some(why.clone());
-        for (_, w) in std::mem::take(&mut self.waiters) {
+        let steps = std::mem::take(&mut self.steps).into_values().map(|s| s.waiter());
+        let waiting = std::mem::take(&mut self.waiting).into_iter().map(|w| w.waiter());
+        let waiters: Vec<Waiter> =
+            std::mem::take(&mut self.waiters).into_values().chain(steps).chain(waiting).collect();
+        for w in waiters {
             self.answered(w);
             replies.push(w, ShardReply::Error(disk_failed(&why)));
         }
@@ -883,6 +915,11 @@ impl<D: Disk> Shard<D> {
                 self.watch_from = rev_before + 1;
             }
             self.watch_events.extend_from_slice(self.store.last_events());
+        }
+        if let Some(step) = self.steps.remove(&id) {
+            self.writes_applied += 1;
+            self.step_applied(step, r, &out, replies);
+            return;
         }
         // Entries replayed at start (or proposed before a restart) have no one waiting.
         if let Some(w) = self.waiters.remove(&id) {

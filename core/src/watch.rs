@@ -11,7 +11,7 @@
 //! catches up by asking the shard for history ([`WatchSync`], at most [`SYNC_REVISIONS_MAX`]
 //! revisions per answer) until it is synced. A watcher is unsynced when it is created (its
 //! start revision may be in the past), when its core missed batches (the ring to it was full:
-//! [`crate::shard::ShardReply::WatchLagged`]), and when its client does not read (its connection's output is
+//! [`ShardReply::WatchLagged`]), and when its client does not read (its connection's output is
 //! over [`BACKLOG_BYTES_MAX`]): it then waits, costing nothing, until the output drains below
 //! [`BACKLOG_BYTES_RESUME`], and catches up from history. Neither the apply loop nor other
 //! watchers ever wait for a slow one.
@@ -31,7 +31,7 @@ use crate::conn::Conn;
 use crate::etcd::kv::{self, Header, Ids};
 use crate::etcd::pbw;
 use crate::reactor::{Core, Submit};
-use crate::shard::{CallRef, Envelope, Outcome, ShardRequest};
+use crate::shard::{CallRef, Envelope, Outcome, ShardReply, ShardRequest};
 
 /// Revisions of history one catch-up answer covers at most (etcd's watch batch).
 pub const SYNC_REVISIONS_MAX: i64 = 1000;
@@ -617,17 +617,34 @@ pub async fn watch_loop(core: Rc<Core>) {
                 Submit::Done(_) | Submit::Sent => {}
                 Submit::Full(env) => {
                     core.watch.borrow_mut().unfetch(&env);
-                    // `submit` registered this task for a free slot.
-                    let mut waited = false;
-                    std::future::poll_fn(|_| {
-                        if waited {
-                            std::task::Poll::Ready(())
-                        } else {
-                            waited = true;
-                            std::task::Poll::Pending
-                        }
-                    })
-                    .await;
+                    wait_once().await;
+                }
+            }
+        }
+        // Requests calls send on their own.
+        loop {
+            let Some(env) = core.resubmits.borrow_mut().pop_front() else { break };
+            let call = env.call;
+            let waker = std::future::poll_fn(|cx| std::task::Poll::Ready(cx.waker().clone())).await;
+            match core.submit(env, &waker) {
+                Submit::Done(outcome) => {
+                    let reply = match outcome {
+                        Outcome::Encoded => ShardReply::Encoded(core.local_out.borrow().clone()),
+                        Outcome::Error(e) => ShardReply::Error(e),
+                        Outcome::DeadlineExceeded => ShardReply::DeadlineExceeded,
+                        Outcome::Health(h) => ShardReply::Health(h),
+                        Outcome::WatchSynced(r) => ShardReply::WatchSynced(r),
+                        Outcome::Pending => continue,
+                    };
+                    core.local_out.borrow_mut().clear();
+                    if let Some(c) = core.conn(call.conn_slot, call.conn_gen) {
+                        c.on_shard_reply(&core, call.stream, reply);
+                    }
+                }
+                Submit::Sent => {}
+                Submit::Full(env) => {
+                    core.resubmits.borrow_mut().push_front(env);
+                    wait_once().await;
                 }
             }
         }
@@ -644,6 +661,20 @@ pub async fn watch_loop(core: Rc<Core>) {
             _ = monoio::time::sleep(TICK) => {}
         }
     }
+}
+
+/// Waits for one wake-up (`submit` registered this task for a free slot in the ring).
+async fn wait_once() {
+    let mut waited = false;
+    std::future::poll_fn(|_| {
+        if waited {
+            std::task::Poll::Ready(())
+        } else {
+            waited = true;
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 #[cfg(test)]
