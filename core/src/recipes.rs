@@ -331,7 +331,7 @@ impl<D: Disk> Shard<D> {
             Ok(t) => t,
             Err(e) => return self.finish(waiter, ShardReply::Error(e), replies),
         };
-        let header = resp.header.clone().unwrap_or_default();
+        let header = resp.header.unwrap_or_default();
         let mut b = Vec::new();
         match step {
             Step::Lock { waiter, pfx, key } => {
