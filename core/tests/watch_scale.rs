@@ -69,7 +69,7 @@ fn ten_thousand_watchers_and_one_stalled_stream() {
                             created += 1;
                         }
                         ready_tx.send(()).unwrap();
-                        let mut got = vec![false; WATCHERS_PER_STREAM];
+                        let mut got = [false; WATCHERS_PER_STREAM];
                         let mut n = 0;
                         while n < WATCHERS_PER_STREAM {
                             let r = tokio::time::timeout(Duration::from_secs(60), w.message())
