@@ -11,8 +11,23 @@ use crate::reactor::Shared;
 use crate::shard::VERSION as ETCD_API_VERSION;
 
 /// The response for a known path; None for anything else.
-pub fn route(shared: &Shared, _method: &[u8], path: &[u8]) -> Option<HttpResponse> {
-    let path = path.split(|&b| b == b'?').next().unwrap_or(path);
+pub fn route(shared: &Shared, method: &[u8], target: &[u8]) -> Option<HttpResponse> {
+    let mut parts = target.splitn(2, |&b| b == b'?');
+    let path = parts.next().unwrap_or(target);
+    let query = std::str::from_utf8(parts.next().unwrap_or(b"")).unwrap_or("");
+    if path == b"/health" {
+        return Some(health(shared, method, query));
+    }
+    for (prefix, checks) in [(&b"/livez"[..], &LIVEZ[..]), (&b"/readyz"[..], &READYZ[..])] {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            let only = match rest {
+                b"" | b"/" => None,
+                r => Some(std::str::from_utf8(&r[1..]).unwrap_or("")),
+            };
+            let name = std::str::from_utf8(prefix).unwrap_or("");
+            return Some(checks_response(shared, name, checks, only, query));
+        }
+    }
     match path {
         b"/" => Some(HttpResponse {
             status: 200,
@@ -37,6 +52,111 @@ pub fn route(shared: &Shared, _method: &[u8], path: &[u8]) -> Option<HttpRespons
         }),
         _ => None,
     }
+}
+
+/// How long the shard loop may go without a round before reads count as failing (a stuck
+/// shard: etcd's probe read would time out).
+const SHARD_STUCK_MS: u64 = 5_000;
+
+/// What stops the server from serving reads now, if anything.
+fn read_problem(shared: &Shared) -> Option<String> {
+    let st = &shared.shard_stats;
+    let at = st.loop_at_ms.load(Ordering::Relaxed);
+    let now = st.now_ms();
+    if now.saturating_sub(at) > SHARD_STUCK_MS {
+        return Some(format!("the shard has not gone round for {} ms", now - at));
+    }
+    None
+}
+
+fn query_values<'q>(query: &'q str, key: &str) -> impl Iterator<Item = &'q str> + 'q {
+    let key = key.to_string();
+    query.split('&').filter_map(move |kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then_some(v)
+    })
+}
+
+/// etcd 3.4's `/health`: GET only; 200 `{"health":"true"}`, or 503 `{"health":"false"}` with an
+/// active alarm (unless `exclude=NOSPACE|CORRUPT`), a failed data disk or a stuck shard.
+/// (etcd 3.5 adds a `reason` field; 3.4.23's body is kept, as its clients parse it.)
+fn health(shared: &Shared, method: &[u8], query: &str) -> HttpResponse {
+    if method != b"GET" {
+        return HttpResponse {
+            status: 405,
+            content_type: "text/plain; charset=utf-8",
+            body: b"Method Not Allowed\n".to_vec(),
+        };
+    }
+    let st = &shared.shard_stats;
+    let alarms = st.alarms.load(Ordering::Relaxed);
+    let excluded = |name: &str| query_values(query, "exclude").any(|v| v == name);
+    let alarm = (alarms & crate::reactor::ShardStats::ALARM_NOSPACE != 0 && !excluded("NOSPACE"))
+        || (alarms & crate::reactor::ShardStats::ALARM_CORRUPT != 0 && !excluded("CORRUPT"));
+    let bad = alarm || st.disk_failed.load(Ordering::Relaxed) != 0 || read_problem(shared).is_some();
+    if bad {
+        tracing::warn!(alarms, "/health: serving 503");
+    }
+    HttpResponse {
+        status: if bad { 503 } else { 200 },
+        content_type: "text/plain; charset=utf-8",
+        body: if bad { br#"{"health":"false"}"#.to_vec() } else { br#"{"health":"true"}"#.to_vec() },
+    }
+}
+
+type Check = (&'static str, fn(&Shared) -> Option<String>);
+
+const LIVEZ: [Check; 1] = [("serializable_read", read_problem)];
+const READYZ: [Check; 4] = [
+    ("data_corruption", |s| {
+        (s.shard_stats.alarms.load(Ordering::Relaxed) & crate::reactor::ShardStats::ALARM_CORRUPT != 0)
+            .then(|| "alarm activated: CORRUPT".to_string())
+    }),
+    ("serializable_read", read_problem),
+    ("linearizable_read", read_problem),
+    ("non_learner", |_| None),
+];
+
+/// etcd 3.5's `/livez` and `/readyz` (3.4 has neither): "ok", or with `?verbose` one line per
+/// check; 503 listing the failed checks. `exclude=<check>` skips one; `/<path>/<check>` runs one.
+fn checks_response(shared: &Shared, path: &str, checks: &[Check], only: Option<&str>, query: &str) -> HttpResponse {
+    let text = |status: u16, body: String| HttpResponse {
+        status,
+        content_type: "text/plain; charset=utf-8",
+        body: body.into_bytes(),
+    };
+    let mut lines = String::new();
+    let mut failed = false;
+    let mut matched = false;
+    for (name, check) in checks {
+        if only.is_some_and(|o| o != *name) {
+            continue;
+        }
+        matched = true;
+        if only.is_none() && query_values(query, "exclude").any(|v| v == *name) {
+            let _ = writeln!(lines, "[+]{name} excluded: ok");
+            continue;
+        }
+        match check(shared) {
+            None => {
+                let _ = writeln!(lines, "[+]{name} ok");
+            }
+            Some(why) => {
+                failed = true;
+                let _ = writeln!(lines, "[-]{name} failed: {why}");
+            }
+        }
+    }
+    if !matched {
+        return not_found();
+    }
+    if failed {
+        return text(503, format!("{lines}{path} check failed\n"));
+    }
+    if !query.split('&').any(|kv| kv.split('=').next() == Some("verbose")) {
+        return text(200, "ok".into());
+    }
+    text(200, format!("{lines}{path} check passed\n"))
 }
 
 /// Go's ServeMux answer for an unknown path, as etcd gives it over HTTP/1.1.

@@ -119,9 +119,24 @@ pub struct ShardStats {
     pub db_bytes: AtomicU64,
     pub db_bytes_in_use: AtomicU64,
     pub revision: AtomicU64,
+    /// Active alarms: bit 0 NOSPACE, bit 1 CORRUPT.
+    pub alarms: AtomicU64,
+    /// 1 once the data disk failed (writes refused until a restart).
+    pub disk_failed: AtomicU64,
+    /// When the shard loop last went round (ms since `ShardStats::epoch`): a stuck shard shows.
+    pub loop_at_ms: AtomicU64,
+    epoch: std::sync::OnceLock<Instant>,
 }
 
 impl ShardStats {
+    pub const ALARM_NOSPACE: u64 = 1;
+    pub const ALARM_CORRUPT: u64 = 2;
+
+    /// Milliseconds since the first call (a clock shared by the shard and the health checks).
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.get_or_init(Instant::now).elapsed().as_millis() as u64
+    }
+
     pub fn record_fsync(&self, took: Duration) {
         CoreStats::add(&self.fsyncs, 1);
         CoreStats::add(&self.fsync_us_total, took.as_micros() as u64);
@@ -521,6 +536,7 @@ pub async fn shard_loop(core: Rc<Core>) {
             });
         }
         shard.borrow().publish_stats(&core.shared.shard_stats);
+        core.shared.shard_stats.loop_at_ms.store(core.shared.shard_stats.now_ms(), Ordering::Relaxed);
         // This core's watchers get the round's changes now, before anything else runs here.
         let local = shard.borrow_mut().take_local_batches();
         for b in local {

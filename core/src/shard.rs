@@ -427,6 +427,15 @@ impl<D: Disk> Shard<D> {
         s.db_bytes.store(db, Relaxed);
         s.db_bytes_in_use.store((DB_BASE_BYTES as u64 + self.store.history_bytes() as u64).min(db), Relaxed);
         s.revision.store(self.store.current_revision().max(0) as u64, Relaxed);
+        let mut alarms = 0;
+        if self.alarm_active(AlarmType::Nospace) {
+            alarms |= crate::reactor::ShardStats::ALARM_NOSPACE;
+        }
+        if self.alarm_active(AlarmType::Corrupt) {
+            alarms |= crate::reactor::ShardStats::ALARM_CORRUPT;
+        }
+        s.alarms.store(alarms, Relaxed);
+        s.disk_failed.store(self.failed.is_some() as u64, Relaxed);
     }
 
     pub fn raft_tick(&mut self) {
