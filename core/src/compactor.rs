@@ -106,6 +106,9 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
     if s.is_empty() {
         return None;
     }
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
@@ -121,6 +124,8 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
             "m" => 60.0,
             "s" => 1.0,
             "ms" => 0.001,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
             _ => return None,
         };
         rest = &rest[unit_len..];

@@ -77,6 +77,24 @@ pub struct Config {
     /// `--experimental-watch-progress-notify-interval`: how often idle watchers that asked for
     /// it get a progress notification (etcd default 10 minutes).
     pub watch_progress_notify_interval: std::time::Duration,
+    /// `--heartbeat-interval` (ms, etcd default 100): raft's tick.
+    pub heartbeat_ms: u64,
+    /// `--election-timeout` (ms, etcd default 1000; at least 5 heartbeats, at most 50 s).
+    pub election_timeout_ms: u64,
+    /// `--log-level`: debug, info (default), warn or error (`RUST_LOG`, when set, wins).
+    pub log_level: String,
+    /// `--log-outputs`: where logs go.
+    pub log_output: LogOutput,
+    /// What parsing noticed and did not refuse (ignored flags, unknown variables): logged at start.
+    pub warnings: Vec<String>,
+}
+
+/// `--log-outputs`: `default`/`stderr`, `stdout`, or a file (appended to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogOutput {
+    Stderr,
+    Stdout,
+    File(PathBuf),
 }
 
 /// etcd's gRPC overhead allowance on top of `--max-request-bytes`.
@@ -107,6 +125,11 @@ impl Default for Config {
             auto_compaction: None,
             bench_null: false,
             watch_progress_notify_interval: std::time::Duration::from_secs(600),
+            heartbeat_ms: 100,
+            election_timeout_ms: 1000,
+            log_level: "info".into(),
+            log_output: LogOutput::Stderr,
+            warnings: Vec::new(),
         }
     }
 }
@@ -227,6 +250,113 @@ const FLAGS: &[Flag] = &[
         help: "Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB). (default 0)",
     },
     Flag {
+        name: "config-file",
+        value: "FILE",
+        help: "Path to a YAML configuration file (etcd's keys); when given, other flags and environment variables are ignored.",
+    },
+    Flag { name: "heartbeat-interval", value: "MS", help: "Time (in milliseconds) of a heartbeat interval. (default 100)" },
+    Flag {
+        name: "election-timeout",
+        value: "MS",
+        help: "Time (in milliseconds) for an election to timeout; at least 5 heartbeats. (default 1000)",
+    },
+    Flag { name: "logger", value: "zap", help: "The logger: only \"zap\", etcd's default, is accepted. (default \"zap\")" },
+    Flag {
+        name: "log-level",
+        value: "LEVEL",
+        help: "Log level: debug, info, warn, error, panic or fatal (RUST_LOG, when set, wins). (default \"info\")",
+    },
+    Flag {
+        name: "log-outputs",
+        value: "OUTPUT",
+        help: "Where logs go: default (stderr), stderr, stdout, or a file path. (default \"default\")",
+    },
+    Flag { name: "cert-file", value: "FILE", help: "Client TLS certificate: refused when set (TLS is not supported yet)." },
+    Flag { name: "key-file", value: "FILE", help: "Client TLS key: refused when set (TLS is not supported yet)." },
+    Flag { name: "trusted-ca-file", value: "FILE", help: "Client TLS CA: refused when set (TLS is not supported yet)." },
+    Flag { name: "client-cert-auth", value: BOOL, help: "Client certificate auth: refused when true (TLS is not supported yet)." },
+    Flag { name: "auto-tls", value: BOOL, help: "Self-signed client TLS: refused when true (TLS is not supported yet)." },
+    Flag { name: "peer-cert-file", value: "FILE", help: "Peer TLS certificate: refused when set (TLS is not supported yet)." },
+    Flag { name: "peer-key-file", value: "FILE", help: "Peer TLS key: refused when set (TLS is not supported yet)." },
+    Flag { name: "peer-trusted-ca-file", value: "FILE", help: "Peer TLS CA: refused when set (TLS is not supported yet)." },
+    Flag { name: "peer-client-cert-auth", value: BOOL, help: "Peer certificate auth: refused when true (TLS is not supported yet)." },
+    Flag { name: "peer-auto-tls", value: BOOL, help: "Self-signed peer TLS: refused when true (TLS is not supported yet)." },
+    Flag { name: "listen-peer-urls", value: "URLS", help: NO_EFFECT },
+    Flag { name: "initial-cluster", value: "CLUSTER", help: NO_EFFECT },
+    Flag { name: "initial-cluster-state", value: "new|existing", help: NO_EFFECT },
+    Flag { name: "wal-dir", value: "DIR", help: NO_EFFECT },
+    Flag { name: "listen-metrics-urls", value: "URLS", help: NO_EFFECT },
+    Flag { name: "listen-client-http-urls", value: "URLS", help: NO_EFFECT },
+    Flag { name: "experimental-snapshot-catchup-entries", value: "N", help: NO_EFFECT },
+    Flag { name: "initial-election-tick-advance", value: BOOL, help: NO_EFFECT },
+    Flag { name: "pre-vote", value: BOOL, help: NO_EFFECT },
+    Flag { name: "strict-reconfig-check", value: BOOL, help: NO_EFFECT },
+    Flag { name: "grpc-keepalive-min-time", value: "DURATION", help: NO_EFFECT },
+    Flag { name: "grpc-keepalive-interval", value: "DURATION", help: NO_EFFECT },
+    Flag { name: "grpc-keepalive-timeout", value: "DURATION", help: NO_EFFECT },
+    Flag { name: "auth-token", value: "TOKEN", help: NO_EFFECT },
+    Flag { name: "auth-token-ttl", value: "N", help: NO_EFFECT },
+    Flag { name: "bcrypt-cost", value: "N", help: NO_EFFECT },
+    Flag { name: "metrics", value: "basic|extensive", help: NO_EFFECT },
+    Flag { name: "enable-grpc-gateway", value: BOOL, help: NO_EFFECT },
+    Flag { name: "enable-pprof", value: BOOL, help: NO_EFFECT },
+    Flag { name: "cors", value: "ORIGINS", help: NO_EFFECT },
+    Flag { name: "host-whitelist", value: "HOSTS", help: NO_EFFECT },
+    Flag { name: "enable-log-rotation", value: BOOL, help: NO_EFFECT },
+    Flag { name: "log-rotation-config-json", value: "JSON", help: NO_EFFECT },
+    Flag { name: "max-snapshots", value: "N", help: NO_EFFECT },
+    Flag { name: "max-wals", value: "N", help: NO_EFFECT },
+    Flag { name: "backend-batch-interval", value: "DURATION", help: NO_EFFECT },
+    Flag { name: "backend-batch-limit", value: "N", help: NO_EFFECT },
+    Flag { name: "backend-bbolt-freelist-type", value: "TYPE", help: NO_EFFECT },
+    Flag { name: "socket-reuse-port", value: BOOL, help: NO_EFFECT },
+    Flag { name: "socket-reuse-address", value: BOOL, help: NO_EFFECT },
+    Flag { name: "force-new-cluster", value: BOOL, help: NO_EFFECT },
+    Flag { name: "unsafe-no-fsync", value: BOOL, help: NO_EFFECT },
+    Flag { name: "discovery", value: "URL", help: NO_EFFECT },
+    Flag { name: "discovery-srv", value: "DOMAIN", help: NO_EFFECT },
+    Flag { name: "discovery-fallback", value: "exit|proxy", help: NO_EFFECT },
+    Flag { name: "discovery-proxy", value: "URL", help: NO_EFFECT },
+    Flag { name: "proxy", value: "off", help: NO_EFFECT },
+    Flag { name: "enable-v2", value: BOOL, help: NO_EFFECT },
+    Flag { name: "v2-deprecation", value: "LEVEL", help: NO_EFFECT },
+    Flag { name: "experimental-enable-v2v3", value: "PREFIX", help: NO_EFFECT },
+    Flag { name: "experimental-compaction-batch-limit", value: "N", help: NO_EFFECT },
+    Flag { name: "experimental-compaction-sleep-interval", value: "DURATION", help: NO_EFFECT },
+    Flag { name: "experimental-enable-lease-checkpoint", value: BOOL, help: NO_EFFECT },
+    Flag { name: "experimental-enable-lease-checkpoint-persist", value: BOOL, help: NO_EFFECT },
+    Flag { name: "experimental-initial-corrupt-check", value: BOOL, help: NO_EFFECT },
+    Flag { name: "experimental-corrupt-check-time", value: "DURATION", help: NO_EFFECT },
+    Flag { name: "experimental-compact-hash-check-enabled", value: BOOL, help: NO_EFFECT },
+    Flag { name: "experimental-compact-hash-check-time", value: "DURATION", help: NO_EFFECT },
+    Flag { name: "experimental-warning-apply-duration", value: "DURATION", help: NO_EFFECT },
+    Flag { name: "experimental-txn-mode-write-with-shared-buffer", value: BOOL, help: NO_EFFECT },
+    Flag { name: "experimental-stop-grpc-service-on-defrag", value: BOOL, help: NO_EFFECT },
+    Flag { name: "experimental-downgrade-check-time", value: "DURATION", help: NO_EFFECT },
+    Flag { name: "experimental-memory-mlock", value: BOOL, help: NO_EFFECT },
+    Flag { name: "experimental-bootstrap-defrag-threshold-megabytes", value: "N", help: NO_EFFECT },
+    Flag { name: "experimental-enable-distributed-tracing", value: BOOL, help: NO_EFFECT },
+    Flag { name: "experimental-distributed-tracing-address", value: "ADDRESS", help: NO_EFFECT },
+    Flag { name: "experimental-distributed-tracing-service-name", value: "NAME", help: NO_EFFECT },
+    Flag { name: "experimental-distributed-tracing-instance-id", value: "ID", help: NO_EFFECT },
+    Flag { name: "experimental-distributed-tracing-sampling-rate", value: "N", help: NO_EFFECT },
+    Flag { name: "experimental-peer-skip-client-san-verification", value: BOOL, help: NO_EFFECT },
+    Flag { name: "raft-read-timeout", value: "DURATION", help: NO_EFFECT },
+    Flag { name: "raft-write-timeout", value: "DURATION", help: NO_EFFECT },
+    Flag { name: "client-crl-file", value: "FILE", help: NO_EFFECT },
+    Flag { name: "client-cert-allowed-hostname", value: "HOST", help: NO_EFFECT },
+    Flag { name: "peer-crl-file", value: "FILE", help: NO_EFFECT },
+    Flag { name: "peer-cert-allowed-cn", value: "CN", help: NO_EFFECT },
+    Flag { name: "peer-cert-allowed-hostname", value: "HOST", help: NO_EFFECT },
+    Flag { name: "client-cert-file", value: "FILE", help: NO_EFFECT },
+    Flag { name: "client-key-file", value: "FILE", help: NO_EFFECT },
+    Flag { name: "peer-client-cert-file", value: "FILE", help: NO_EFFECT },
+    Flag { name: "peer-client-key-file", value: "FILE", help: NO_EFFECT },
+    Flag { name: "cipher-suites", value: "SUITES", help: NO_EFFECT },
+    Flag { name: "tls-min-version", value: "VERSION", help: NO_EFFECT },
+    Flag { name: "tls-max-version", value: "VERSION", help: NO_EFFECT },
+    Flag { name: "self-signed-cert-validity", value: "N", help: NO_EFFECT },
+    Flag {
         name: "experimental-watch-progress-notify-interval",
         value: "DURATION",
         help: "Duration of periodic watch progress notifications. (default 10m0s)",
@@ -241,6 +371,9 @@ const FLAGS: &[Flag] = &[
 
 /// The value placeholder of a boolean flag: `--flag` alone means true, `--flag=false` false.
 const BOOL: &str = "[=true|false]";
+/// How the help of a flag MetaStore accepts (so etcd command lines and config files work) but
+/// does not act on yet ends; setting one logs a warning.
+const NO_EFFECT: &str = "(accepted for etcd compatibility; no effect yet)";
 
 /// The text of `metastore --help`.
 pub fn usage() -> String {
@@ -271,17 +404,34 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(msg.into()))
 }
 
-/// Parses the command line (without the program name).
+/// Where a setting came from, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Flag,
+    Env,
+    File,
+}
+
+/// Parses the command line (without the program name), with the process's environment.
 pub fn parse_args<I, S>(args: I) -> Result<Command, ConfigError>
 where
     I: IntoIterator<Item = S>,
     S: Into<String>,
 {
-    let mut cfg = Config::default();
-    let mut data_dir: Option<PathBuf> = None;
-    let mut compaction_mode = String::from("periodic");
-    let mut compaction_retention = String::from("0");
-    let mut seen: Vec<&'static str> = Vec::new();
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    parse(args, &env)
+}
+
+/// Parses settings from the command line, the environment (`ETCD_<FLAG>`, or `METASTORE_<FLAG>`)
+/// and a config file (`--config-file`), as etcd 3.5 does: a config file, when given, is the only
+/// source (other flags and variables are ignored, with a warning); otherwise a variable is used
+/// for a flag not on the command line, and one set for a flag that is there is an error.
+pub fn parse<I, S>(args: I, env: &[(String, String)]) -> Result<Command, ConfigError>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let mut cli: Vec<(&'static Flag, String)> = Vec::new();
     let mut it = args.into_iter().map(Into::into);
     while let Some(arg) = it.next() {
         let Some(body) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
@@ -299,10 +449,9 @@ where
         let Some(flag) = FLAGS.iter().find(|f| f.name == name) else {
             return err(format!("flag provided but not defined: -{name}"));
         };
-        if seen.contains(&flag.name) {
+        if cli.iter().any(|(f, _)| f.name == flag.name) {
             return err(format!("flag --{name} given more than once"));
         }
-        seen.push(flag.name);
         let value = match inline {
             Some(v) => v,
             None if flag.value == BOOL => "true".into(),
@@ -311,6 +460,76 @@ where
                 None => return err(format!("flag needs an argument: --{name}")),
             },
         };
+        cli.push((flag, value));
+    }
+    let mut warnings = Vec::new();
+    let var = |prefix: &str, flag: &str| -> Option<(String, String)> {
+        let key = format!("{prefix}{}", flag.to_uppercase().replace('-', "_"));
+        env.iter().find(|(k, _)| *k == key).map(|(k, v)| (k.clone(), v.clone()))
+    };
+    let env_value = |flag: &Flag| -> Result<Option<(String, String)>, ConfigError> {
+        match (var("ETCD_", flag.name), var("METASTORE_", flag.name)) {
+            (Some((ek, ev)), Some((mk, mv))) if ev != mv => {
+                err(format!("{ek}={ev:?} and {mk}={mv:?} disagree: set one of them (they are aliases)"))
+            }
+            (Some(e), _) => Ok(Some(e)),
+            (None, m) => Ok(m),
+        }
+    };
+    // Variables naming no flag: etcd warns about them (ETCD_VERSION aside, which it ignores).
+    for (k, _) in env {
+        let flag = k.strip_prefix("ETCD_").or_else(|| k.strip_prefix("METASTORE_"));
+        if let Some(f) = flag {
+            let name = f.to_lowercase().replace('_', "-");
+            let ours = k.starts_with("METASTORE_TEST") || name == "version";
+            if !ours && !FLAGS.iter().any(|fl| fl.name == name) {
+                warnings.push(format!("unrecognized environment variable {k}"));
+            }
+        }
+    }
+    let file = match cli.iter().find(|(f, _)| f.name == "config-file") {
+        Some((_, v)) => Some(v.clone()),
+        None => env_value(flag_named("config-file"))?.map(|(_, v)| v),
+    };
+    let settings: Vec<(&'static Flag, String, Source)> = if let Some(path) = file {
+        let others = cli.iter().filter(|(f, _)| f.name != "config-file").count();
+        if others > 0 {
+            warnings.push(format!("--config-file {path} is given: the {others} other flag(s) are ignored"));
+        }
+        if FLAGS.iter().any(|f| f.name != "config-file" && env_value(f).ok().flatten().is_some()) {
+            warnings.push(format!("--config-file {path} is given: ETCD_*/METASTORE_* variables are ignored"));
+        }
+        read_config_file(&path)?.into_iter().map(|(f, v)| (f, v, Source::File)).collect()
+    } else {
+        let mut all: Vec<(&'static Flag, String, Source)> = Vec::new();
+        for flag in FLAGS {
+            let on_cli = cli.iter().find(|(f, _)| f.name == flag.name);
+            match (on_cli, env_value(flag)?) {
+                (Some(_), Some((k, _))) => {
+                    return err(format!(
+                        "conflicting environment variable {k:?} is shadowed by corresponding command-line flag \
+                         (either unset environment variable or disable flag)"
+                    ))
+                }
+                (Some((f, v)), None) => all.push((f, v.clone(), Source::Flag)),
+                (None, Some((_, v))) => all.push((flag, v, Source::Env)),
+                (None, None) => {}
+            }
+        }
+        all
+    };
+    let mut cfg = Config::default();
+    let mut data_dir: Option<PathBuf> = None;
+    let mut compaction_mode = String::from("periodic");
+    let mut compaction_retention = String::from("0");
+    for (flag, value, source) in settings {
+        let name = flag.name;
+        let value = if source == Source::Env { value.trim().to_string() } else { value };
+        if flag.help.ends_with(NO_EFFECT) {
+            check_kind(flag, &value)?;
+            warnings.push(format!("--{name} is accepted for etcd compatibility and has no effect yet"));
+            continue;
+        }
         match flag.name {
             "name" => {
                 if value.is_empty() {
@@ -399,12 +618,153 @@ where
                 }
                 cfg.watch_progress_notify_interval = d;
             }
+            "config-file" => {}
+            "heartbeat-interval" => cfg.heartbeat_ms = parse_num(name, &value)?,
+            "election-timeout" => cfg.election_timeout_ms = parse_num(name, &value)?,
+            "logger" => {
+                if value != "zap" {
+                    return err(format!("--logger: {value:?} is not supported (only \"zap\", etcd's default)"));
+                }
+            }
+            "log-level" => {
+                cfg.log_level = match value.as_str() {
+                    "debug" | "info" | "warn" | "error" => value.clone(),
+                    // Go's zap levels above error: logged as errors.
+                    "dpanic" | "panic" | "fatal" => "error".into(),
+                    other => {
+                        return err(format!(
+                            "--log-level: unknown level {other:?} (debug, info, warn, error, panic, fatal)"
+                        ))
+                    }
+                }
+            }
+            "log-outputs" => {
+                let outs: Vec<&str> = value.split(',').map(str::trim).collect();
+                if outs.len() != 1 {
+                    return err("--log-outputs: one output only (default, stderr, stdout or a file path)");
+                }
+                cfg.log_output = match outs[0] {
+                    "default" | "stderr" => LogOutput::Stderr,
+                    "stdout" => LogOutput::Stdout,
+                    "" => return err("--log-outputs: empty output"),
+                    path => LogOutput::File(PathBuf::from(path)),
+                };
+            }
+            "cert-file"
+            | "key-file"
+            | "trusted-ca-file"
+            | "peer-cert-file"
+            | "peer-key-file"
+            | "peer-trusted-ca-file" => {
+                if !value.is_empty() {
+                    return err(format!("--{name}: TLS is not supported yet; leave it unset and use http:// URLs"));
+                }
+            }
+            "client-cert-auth" | "auto-tls" | "peer-client-cert-auth" | "peer-auto-tls" => {
+                if parse_bool(name, &value)? {
+                    return err(format!("--{name}: TLS is not supported yet"));
+                }
+            }
             other => unreachable!("flag {other} listed but not handled"),
         }
     }
+    if cfg.heartbeat_ms == 0 {
+        return err("--heartbeat-interval must be at least 1 ms");
+    }
+    if cfg.election_timeout_ms < 5 * cfg.heartbeat_ms {
+        return err(format!(
+            "--election-timeout[{}ms] should be at least as 5 times as --heartbeat-interval[{}ms]",
+            cfg.election_timeout_ms, cfg.heartbeat_ms
+        ));
+    }
+    if cfg.election_timeout_ms > 50_000 {
+        return err(format!(
+            "--election-timeout[{}ms] is too long, and should be set less than 50000ms",
+            cfg.election_timeout_ms
+        ));
+    }
     cfg.data_dir = data_dir.unwrap_or_else(|| PathBuf::from(format!("{}.metastore", cfg.name)));
     cfg.auto_compaction = crate::compactor::parse(&compaction_mode, &compaction_retention).map_err(ConfigError)?;
+    cfg.warnings = warnings;
     Ok(Command::Serve(Box::new(cfg)))
+}
+
+fn flag_named(name: &str) -> &'static Flag {
+    FLAGS.iter().find(|f| f.name == name).unwrap_or(&FLAGS[0])
+}
+
+/// Checks a value against what its placeholder says it is (for flags accepted but not used).
+fn check_kind(flag: &Flag, value: &str) -> Result<(), ConfigError> {
+    match flag.value {
+        BOOL => parse_bool(flag.name, value).map(|_| ()),
+        "N" | "MS" | "BYTES" => parse_num::<u64>(flag.name, value).map(|_| ()),
+        "DURATION" => crate::compactor::parse_go_duration(value)
+            .map(|_| ())
+            .ok_or_else(|| ConfigError(format!("invalid value {value:?} for flag --{}: not a duration", flag.name))),
+        _ => Ok(()),
+    }
+}
+
+/// Reads a YAML config file whose keys are flag names (etcd's format): scalars as the flag's
+/// value, lists joined with commas, durations in integer nanoseconds.
+fn read_config_file(path: &str) -> Result<Vec<(&'static Flag, String)>, ConfigError> {
+    use yaml_rust2::{Yaml, YamlLoader};
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("--config-file {path}: {e}")))?;
+    let docs = YamlLoader::load_from_str(&text).map_err(|e| ConfigError(format!("--config-file {path}: {e}")))?;
+    let mut out = Vec::new();
+    let Some(doc) = docs.first() else { return Ok(out) };
+    let Yaml::Hash(map) = doc else {
+        return err(format!("--config-file {path}: expected a mapping of flag names to values"));
+    };
+    for (k, v) in map {
+        let Some(key) = k.as_str() else {
+            return err(format!("--config-file {path}: a key is not a string: {k:?}"));
+        };
+        if key == "client-transport-security" || key == "peer-transport-security" {
+            // TLS: only an empty section is accepted until TLS exists.
+            if let Yaml::Hash(h) = v {
+                for (tk, tv) in h {
+                    let set = match tv {
+                        Yaml::String(s) => !s.is_empty(),
+                        Yaml::Boolean(b) => *b,
+                        Yaml::Null => false,
+                        _ => true,
+                    };
+                    if set {
+                        return err(format!(
+                            "--config-file {path}: {key}.{} is set: TLS is not supported yet",
+                            tk.as_str().unwrap_or("?")
+                        ));
+                    }
+                }
+            }
+            continue;
+        }
+        let Some(flag) = FLAGS.iter().find(|f| f.name == key) else {
+            return err(format!("--config-file {path}: unknown key {key:?}"));
+        };
+        if key == "config-file" {
+            return err(format!("--config-file {path}: a config file cannot name another"));
+        }
+        let value = match v {
+            Yaml::String(s) => s.clone(),
+            Yaml::Integer(n) if flag.value == "DURATION" => format!("{n}ns"),
+            Yaml::Integer(n) => n.to_string(),
+            Yaml::Real(r) => r.clone(),
+            Yaml::Boolean(b) => b.to_string(),
+            Yaml::Array(items) => {
+                let parts: Option<Vec<String>> = items.iter().map(|i| i.as_str().map(String::from)).collect();
+                parts
+                    .ok_or_else(|| ConfigError(format!("--config-file {path}: {key}: a list of strings expected")))?
+                    .join(",")
+            }
+            // An empty value: the default.
+            Yaml::Null => continue,
+            other => return err(format!("--config-file {path}: {key}: unexpected value {other:?}")),
+        };
+        out.push((flag, value));
+    }
+    Ok(out)
 }
 
 fn parse_bool(flag: &str, v: &str) -> Result<bool, ConfigError> {
@@ -471,15 +831,16 @@ fn parse_url(flag: &str, raw: &str) -> Result<ClientUrl, ConfigError> {
 mod tests {
     use super::*;
 
+    // The process's own environment stays out of these tests.
     fn serve(args: &[&str]) -> Config {
-        match parse_args(args.iter().copied()).unwrap() {
+        match parse(args.iter().copied(), &[]).unwrap() {
             Command::Serve(c) => *c,
             other => panic!("{other:?}"),
         }
     }
 
     fn fails(args: &[&str]) -> String {
-        parse_args(args.iter().copied()).unwrap_err().0
+        parse(args.iter().copied(), &[]).unwrap_err().0
     }
 
     #[test]
@@ -505,8 +866,8 @@ mod tests {
         let c = serve(&["--data-dir", "/x/y", "--listen-client-urls", "http://[::1]:1,http://localhost:2"]);
         assert_eq!(c.data_dir, PathBuf::from("/x/y"));
         assert_eq!(c.listen_client_urls.len(), 2);
-        assert!(matches!(parse_args(["--help"]), Ok(Command::Help)));
-        assert!(matches!(parse_args(["-version"]), Ok(Command::Version)));
+        assert!(matches!(parse(["--help"], &[]), Ok(Command::Help)));
+        assert!(matches!(parse(["-version"], &[]), Ok(Command::Version)));
     }
 
     #[test]
@@ -535,6 +896,116 @@ mod tests {
         assert_eq!(c.name, "x", "the next argument is not taken as the flag's value");
         assert!(serve(&["--experimental-bench-null=true"]).bench_null);
         assert!(!serve(&["--experimental-bench-null=false"]).bench_null);
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn serve_env(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, String> {
+        match parse(args.iter().copied(), &env(vars)) {
+            Ok(Command::Serve(c)) => Ok(*c),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.0),
+        }
+    }
+
+    #[test]
+    fn environment_variables_as_etcd_reads_them() {
+        let c = serve_env(&[], &[("ETCD_NAME", "e1"), ("METASTORE_MAX_TXN_OPS", "7")]).unwrap();
+        assert_eq!((c.name.as_str(), c.max_txn_ops), ("e1", 7));
+        // Both spellings of one setting: fine when they agree, an error when they do not.
+        assert_eq!(serve_env(&[], &[("ETCD_NAME", "a"), ("METASTORE_NAME", "a")]).unwrap().name, "a");
+        let e = serve_env(&[], &[("ETCD_NAME", "a"), ("METASTORE_NAME", "b")]).unwrap_err();
+        assert!(e.contains("ETCD_NAME") && e.contains("METASTORE_NAME") && e.contains("disagree"), "{e}");
+        // A flag and its variable: fatal, as in etcd 3.5.
+        let e = serve_env(&["--name", "x"], &[("ETCD_NAME", "y")]).unwrap_err();
+        assert!(e.contains("conflicting environment variable \"ETCD_NAME\" is shadowed"), "{e}");
+        // Unknown variables warn; ETCD_VERSION is ignored quietly.
+        let c = serve_env(&[], &[("ETCD_BOGUS", "1"), ("ETCD_VERSION", "1")]).unwrap();
+        assert_eq!(c.warnings, ["unrecognized environment variable ETCD_BOGUS"]);
+        assert!(serve_env(&[], &[("ETCD_MAX_TXN_OPS", "lots")]).unwrap_err().contains("not a number"));
+    }
+
+    #[test]
+    fn raft_timing_is_validated_as_etcd_does() {
+        let c = serve(&["--heartbeat-interval", "50", "--election-timeout", "500"]);
+        assert_eq!((c.heartbeat_ms, c.election_timeout_ms), (50, 500));
+        let e = fails(&["--heartbeat-interval", "100", "--election-timeout", "400"]);
+        assert!(e.contains("should be at least as 5 times as --heartbeat-interval"), "{e}");
+        assert!(fails(&["--election-timeout", "60000", "--heartbeat-interval", "1000"]).contains("too long"));
+        assert!(fails(&["--heartbeat-interval", "0"]).contains("at least 1 ms"));
+    }
+
+    #[test]
+    fn logging_flags() {
+        let c = serve(&["--logger", "zap", "--log-level", "debug", "--log-outputs", "stdout"]);
+        assert_eq!((c.log_level.as_str(), &c.log_output), ("debug", &LogOutput::Stdout));
+        assert_eq!(serve(&["--log-level", "fatal"]).log_level, "error");
+        assert_eq!(serve(&["--log-outputs", "/tmp/x.log"]).log_output, LogOutput::File("/tmp/x.log".into()));
+        assert!(fails(&["--logger", "capnslog"]).contains("not supported"));
+        assert!(fails(&["--log-level", "loud"]).contains("unknown level"));
+        assert!(fails(&["--log-outputs", "stderr,stdout"]).contains("one output"));
+    }
+
+    #[test]
+    fn accepted_etcd_flags_warn_and_tls_is_refused() {
+        let c = serve(&["--initial-cluster-state", "new", "--pre-vote=false", "--grpc-keepalive-min-time", "5s"]);
+        assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("no effect yet"));
+        assert!(fails(&["--grpc-keepalive-min-time", "soon"]).contains("not a duration"));
+        assert!(fails(&["--cert-file", "a.pem"]).contains("TLS is not supported"));
+        assert!(fails(&["--client-cert-auth"]).contains("TLS is not supported"));
+    }
+
+    fn write(name: &str, text: &str) -> String {
+        let dir = std::env::temp_dir().join(format!("metastore-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+
+    #[test]
+    fn config_file_is_the_only_source_when_given() {
+        let f = write(
+            "a.yaml",
+            "name: filed\nmax-txn-ops: 9\nlisten-client-urls: [http://127.0.0.1:0, http://127.0.0.1:1]\n\
+             experimental-watch-progress-notify-interval: 2000000000\nenable-v2:\n",
+        );
+        let c = serve_env(&["--config-file", &f, "--name", "ignored"], &[("ETCD_MAX_TXN_OPS", "3")]).unwrap();
+        assert_eq!((c.name.as_str(), c.max_txn_ops, c.listen_client_urls.len()), ("filed", 9, 2));
+        assert_eq!(c.watch_progress_notify_interval, std::time::Duration::from_secs(2));
+        assert_eq!(c.warnings.len(), 2, "other flags and variables are ignored, with warnings: {:?}", c.warnings);
+        // Through its variable too.
+        assert_eq!(serve_env(&[], &[("ETCD_CONFIG_FILE", &f)]).unwrap().name, "filed");
+        let bad = write("b.yaml", "name: x\nbogus-key: 1\n");
+        assert!(serve_env(&["--config-file", &bad], &[]).unwrap_err().contains("unknown key \"bogus-key\""));
+        let tls = write("c.yaml", "client-transport-security:\n  cert-file: a.pem\n");
+        assert!(serve_env(&["--config-file", &tls], &[]).unwrap_err().contains("TLS is not supported"));
+        let broken = write("d.yaml", "name: [unclosed\n");
+        assert!(serve_env(&["--config-file", &broken], &[]).unwrap_err().contains("--config-file"));
+        let missing = serve_env(&["--config-file", "/nonexistent/metastore.yaml"], &[]).unwrap_err();
+        assert!(missing.contains("No such file"), "{missing}");
+        let weak = write("e.yaml", "heartbeat-interval: 100\nelection-timeout: 200\n");
+        assert!(serve_env(&["--config-file", &weak], &[]).unwrap_err().contains("5 times"));
+    }
+
+    /// The examples in `configs/` parse and validate.
+    #[test]
+    fn example_configs_are_valid() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                let c = serve_env(&["--config-file", p.to_str().unwrap()], &[])
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                assert!(!c.name.is_empty());
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "configs/ holds a single-node and a cluster example");
     }
 
     #[test]

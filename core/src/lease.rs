@@ -14,8 +14,6 @@ use crate::etcd::kv::Leases;
 
 /// etcd's largest TTL (`MaxLeaseTTL`), seconds.
 pub const TTL_MAX: i64 = 9_000_000_000;
-/// etcd's smallest TTL: 1.5 election timeouts (1 s by default), rounded up to whole seconds.
-pub const TTL_MIN: i64 = 2;
 /// How often the leader looks for expired leases (etcd: 500 ms).
 pub const EXPIRY_CHECK: Duration = Duration::from_millis(500);
 /// Revocations proposed per check at most (etcd: 1,000 per second).

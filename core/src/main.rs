@@ -48,14 +48,28 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match &cfg.log_output {
+        config::LogOutput::Stderr => {
+            logs.with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init()
+        }
+        config::LogOutput::Stdout => logs.with_writer(std::io::stdout).with_ansi(false).init(),
+        config::LogOutput::File(path) => {
+            let file = match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("metastore: --log-outputs {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            };
+            logs.with_writer(std::sync::Mutex::new(file)).with_ansi(false).init()
+        }
+    }
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
 
     // Block the stop signals before any thread starts, so every thread inherits the mask and
     // only this one receives them (in sigwait below).

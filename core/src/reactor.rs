@@ -467,9 +467,6 @@ pub async fn reply_loop(core: Rc<Core>) {
     }
 }
 
-/// How often raft is ticked (its election and heartbeat timeouts count ticks).
-pub const RAFT_TICK_MS: u64 = 100;
-
 /// On the shard's core: takes requests from every other core's ring (only as many as their reply
 /// rings can take answers for), serves reads at once, proposes writes, drives raft (one flush in
 /// flight at a time, while the next batch gathers), answers applied writes, and writes
@@ -483,7 +480,7 @@ pub async fn shard_loop(core: Rc<Core>) {
     // Answers that found their reply ring full (never, while the reservation holds).
     let mut overflow: Vec<(usize, ReplyEnvelope)> = Vec::new();
     let mut last_tick = Instant::now();
-    let tick = Duration::from_millis(RAFT_TICK_MS);
+    let tick = Duration::from_millis(shard.borrow().tick_ms());
     loop {
         let mut replies = Replies::default();
         // Requests from the other cores.

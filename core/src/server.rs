@@ -209,6 +209,8 @@ fn shard_config(cfg: &Config) -> ShardConfig {
         auto_compaction: cfg.auto_compaction,
         snapshot_count: cfg.snapshot_count,
         log: LogConfig::default(),
+        tick_ms: cfg.heartbeat_ms,
+        election_ticks: (cfg.election_timeout_ms / cfg.heartbeat_ms.max(1)) as usize,
     }
 }
 

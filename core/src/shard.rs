@@ -164,6 +164,9 @@ pub struct ShardConfig {
     /// Applied entries between checkpoints (`--snapshot-count`).
     pub snapshot_count: u64,
     pub log: LogConfig,
+    /// Raft's tick (`--heartbeat-interval`), and its election timeout in ticks.
+    pub tick_ms: u64,
+    pub election_ticks: usize,
 }
 
 /// Write kinds in a raft entry's data (first byte; the request's protobuf follows).
@@ -261,6 +264,8 @@ pub struct Shard<D: Disk = ReactorDisk> {
     /// Lock and election txns in flight (by proposal id), and recipes waiting for changes.
     steps: HashMap<u64, recipes::Step>,
     waiting: Vec<recipes::Waiting>,
+    tick_ms: u64,
+    lease_ttl_min: i64,
 }
 
 /// Batches of published changes a core has not taken yet. At most [`FEED_BATCHES_MAX`] wait;
@@ -350,7 +355,8 @@ impl<D: Disk> Shard<D> {
             "recovered the shard"
         );
         let commit = rec.hard_state.as_ref().map_or(0, |h| h.commit);
-        let raft = RaftNode::new(member.ids.member_id, rec).map_err(|e| e.to_string())?;
+        let raft =
+            RaftNode::with_ticks(member.ids.member_id, rec, cfg.election_ticks.max(2), 1).map_err(|e| e.to_string())?;
         let mut serving = HashMap::new();
         // As etcd: the server as a whole ("") is registered, and SERVING once started.
         serving.insert(String::new(), ServingStatus::Serving);
@@ -386,6 +392,9 @@ impl<D: Disk> Shard<D> {
             last_expiry_check: Instant::now(),
             steps: HashMap::new(),
             waiting: Vec::new(),
+            tick_ms: cfg.tick_ms.max(1),
+            // etcd's minimum lease TTL: 1.5 election timeouts, in whole seconds rounded up.
+            lease_ttl_min: ((cfg.tick_ms * cfg.election_ticks as u64 * 3).div_ceil(2000)).max(1) as i64,
             alarms,
             quota_bytes: cfg.quota_bytes,
             compactor: cfg.auto_compaction.map(|m| crate::compactor::Compactor::new(m, Instant::now())),
@@ -436,6 +445,11 @@ impl<D: Disk> Shard<D> {
         }
         s.alarms.store(alarms, Relaxed);
         s.disk_failed.store(self.failed.is_some() as u64, Relaxed);
+    }
+
+    /// How often `raft_tick` is due.
+    pub fn tick_ms(&self) -> u64 {
+        self.tick_ms
     }
 
     pub fn raft_tick(&mut self) {
@@ -505,7 +519,7 @@ impl<D: Disk> Shard<D> {
                         }
                     }
                 }
-                r.ttl = r.ttl.max(crate::lease::TTL_MIN);
+                r.ttl = r.ttl.max(self.lease_ttl_min);
                 return self.propose(op::LEASE_GRANT, &r, waiter);
             }
             ShardRequest::LeaseRevoke(r) => return self.propose(op::LEASE_REVOKE, &r, waiter),
@@ -1257,6 +1271,8 @@ pub(crate) mod tests {
             auto_compaction: None,
             snapshot_count: 10,
             log: LogConfig { segment_bytes: 1 << 16 },
+            tick_ms: 100,
+            election_ticks: 10,
         }
     }
 

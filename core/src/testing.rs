@@ -44,6 +44,8 @@ pub(crate) fn shard(dir: &std::path::Path) -> Shard {
         auto_compaction: None,
         snapshot_count: 100_000,
         log: Default::default(),
+        tick_ms: 100,
+        election_ticks: 10,
     };
     Shard::open(crate::disk::ReactorDisk, &cfg, member()).expect("open shard")
 }

@@ -308,6 +308,11 @@ pub struct RaftNode {
 impl RaftNode {
     /// Starts the node from what recovery found, or bootstraps a new single-voter group.
     pub fn new(id: u64, rec: Recovered) -> Result<Self, RaftError> {
+        Self::with_ticks(id, rec, ELECTION_TICKS, HEARTBEAT_TICKS)
+    }
+
+    /// As [`RaftNode::new`], with an election timeout and a heartbeat in ticks.
+    pub fn with_ticks(id: u64, rec: Recovered, election: usize, heartbeat: usize) -> Result<Self, RaftError> {
         let ckpt = rec.checkpoint.clone().unwrap_or(RaftCheckpoint { voters: vec![id], ..Default::default() });
         let conf_state =
             ConfState { voters: ckpt.voters.clone(), learners: ckpt.learners.clone(), ..Default::default() };
@@ -340,8 +345,8 @@ impl RaftNode {
         }
         let cfg = raft::Config {
             id,
-            election_tick: ELECTION_TICKS,
-            heartbeat_tick: HEARTBEAT_TICKS,
+            election_tick: election,
+            heartbeat_tick: heartbeat,
             applied: ckpt.index,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
