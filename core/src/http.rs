@@ -243,6 +243,12 @@ pub fn metrics(shared: &Shared) -> String {
         ),
         ("etcd_debugging_mvcc_current_revision", "gauge", "The current revision of store.", get(&st.revision)),
         (
+            "metastore_request_panics_total",
+            "counter",
+            "Requests whose handling panicked (each answered INTERNAL; the server went on).",
+            get(&st.request_panics),
+        ),
+        (
             "etcd_debugging_mvcc_watcher_total",
             "gauge",
             "Total number of watchers.",

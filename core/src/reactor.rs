@@ -123,6 +123,8 @@ pub struct ShardStats {
     pub alarms: AtomicU64,
     /// 1 once the data disk failed (writes refused until a restart).
     pub disk_failed: AtomicU64,
+    /// Requests whose handling panicked (each answered INTERNAL; the server went on).
+    pub request_panics: AtomicU64,
     /// When the shard loop last went round (ms since `ShardStats::epoch`): a stuck shard shows.
     pub loop_at_ms: AtomicU64,
     epoch: std::sync::OnceLock<Instant>,
@@ -295,7 +297,15 @@ impl Core {
                 let mut out = self.local_out.borrow_mut();
                 out.clear();
                 let waiter = Waiter::Local(env.call);
-                match shard.borrow_mut().execute(env.req, env.deadline, Instant::now(), waiter, &mut out) {
+                match crate::shard::execute_guarded(
+                    shard,
+                    env.req,
+                    env.deadline,
+                    Instant::now(),
+                    waiter,
+                    &mut out,
+                    &self.shared,
+                ) {
                     Outcome::Pending => {
                         // A write on its way through raft: the shard loop takes it from here.
                         self.shard_wake.notify();
@@ -497,7 +507,15 @@ pub async fn shard_loop(core: Rc<Core>) {
                     n += 1;
                     let mut out = Vec::with_capacity(1024);
                     let waiter = Waiter::Remote { ring: i, call: env.call };
-                    let outcome = shard.borrow_mut().execute(env.req, env.deadline, now, waiter, &mut out);
+                    let outcome = crate::shard::execute_guarded(
+                        shard,
+                        env.req,
+                        env.deadline,
+                        now,
+                        waiter,
+                        &mut out,
+                        &core.shared,
+                    );
                     let reply = match outcome {
                         Outcome::Pending => continue,
                         Outcome::Encoded => ShardReply::Encoded(out),

@@ -239,11 +239,18 @@ fn run_core(
         }
     }
     let main = core_main(id, shared.clone(), link, listeners, ready);
-    let result = match driver {
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match driver {
         IoDriver::Uring => {
             RuntimeBuilder::<IoUringDriver>::new().enable_timer().build().map(|mut rt| rt.block_on(main))
         }
         _ => RuntimeBuilder::<LegacyDriver>::new().enable_timer().build().map(|mut rt| rt.block_on(main)),
+    }));
+    let Ok(result) = run else {
+        // A panic outside one request's handling (applying entries, the loops themselves): this
+        // core's state is unknown, and a half-working server could diverge from what it
+        // acknowledged. Stop at once; every acknowledged write is on disk.
+        tracing::error!(core = id, "a core panicked outside a request: stopping the server");
+        std::process::abort();
     };
     if let Err(e) = result {
         tracing::error!(core = id, error = %e, "cannot start the core's reactor");

@@ -75,12 +75,51 @@ pub enum ShardRequest {
     Proclaim(metastore_proto::v3electionpb::ProclaimRequest),
     Leader(metastore_proto::v3electionpb::LeaderRequest),
     Resign(metastore_proto::v3electionpb::ResignRequest),
+    /// A request whose handling panics (tests of the panic guard).
+    #[cfg(test)]
+    TestPanic,
     /// Observe's next leader: the one after `key` at `mod_rev` (empty: any).
     Observe {
         name: Vec<u8>,
         key: Vec<u8>,
         mod_rev: i64,
     },
+}
+
+impl ShardRequest {
+    /// The request's kind, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ShardRequest::Health { .. } => "Health",
+            ShardRequest::Range(_) => "Range",
+            ShardRequest::Put(_) => "Put",
+            ShardRequest::DeleteRange(_) => "DeleteRange",
+            ShardRequest::Txn(_) => "Txn",
+            ShardRequest::Compact(_) => "Compact",
+            ShardRequest::Status => "Status",
+            ShardRequest::MemberList => "MemberList",
+            ShardRequest::Defragment => "Defragment",
+            ShardRequest::Alarm(_) => "Alarm",
+            ShardRequest::Hash => "Hash",
+            ShardRequest::HashKv(_) => "HashKV",
+            ShardRequest::Snapshot => "Snapshot",
+            ShardRequest::WatchSync(_) => "Watch",
+            ShardRequest::LeaseGrant(_) => "LeaseGrant",
+            ShardRequest::LeaseRevoke(_) => "LeaseRevoke",
+            ShardRequest::LeaseKeepAlive(_) => "LeaseKeepAlive",
+            ShardRequest::LeaseTimeToLive(_) => "LeaseTimeToLive",
+            ShardRequest::LeaseLeases => "LeaseLeases",
+            ShardRequest::Lock(_) => "Lock",
+            ShardRequest::Unlock(_) => "Unlock",
+            ShardRequest::Campaign(_) => "Campaign",
+            ShardRequest::Proclaim(_) => "Proclaim",
+            ShardRequest::Leader(_) => "Leader",
+            ShardRequest::Resign(_) => "Resign",
+            ShardRequest::Observe { .. } => "Observe",
+            #[cfg(test)]
+            ShardRequest::TestPanic => "TestPanic",
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -120,6 +159,38 @@ pub struct MemberInfo {
     pub name: String,
     pub peer_urls: Vec<String>,
     pub client_urls: Vec<String>,
+}
+
+/// Runs [`Shard::execute`], turning a panic into an INTERNAL answer for that one request (logged
+/// and counted in `request_panics`); the shard goes on serving. A panic while applying committed
+/// entries is not caught here: the core's thread aborts the process, since state could diverge.
+pub fn execute_guarded<D: Disk>(
+    shard: &RefCell<Shard<D>>,
+    req: ShardRequest,
+    deadline: Option<Instant>,
+    now: Instant,
+    waiter: Waiter,
+    out: &mut Vec<u8>,
+    shared: &crate::reactor::Shared,
+) -> Outcome {
+    let what = req.name();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        shard.borrow_mut().execute(req, deadline, now, waiter, out)
+    }));
+    r.unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(request = what, panic = %msg, "a request panicked; answered INTERNAL, the server goes on");
+        crate::reactor::CoreStats::add(&shared.shard_stats.request_panics, 1);
+        out.clear();
+        Outcome::Error(Status::new(
+            Code::INTERNAL,
+            "etcdserver: internal error (the request failed; see the server log)",
+        ))
+    })
 }
 
 /// Capacity of a reply buffer sent across cores: fits a small response without regrowing.
@@ -523,6 +594,8 @@ impl<D: Disk> Shard<D> {
                 return self.propose(op::LEASE_GRANT, &r, waiter);
             }
             ShardRequest::LeaseRevoke(r) => return self.propose(op::LEASE_REVOKE, &r, waiter),
+            #[cfg(test)]
+            ShardRequest::TestPanic => panic!("a test request that panics"),
             ShardRequest::Lock(r) => return self.lock(r, waiter),
             ShardRequest::Unlock(r) => return self.unlock(r, waiter),
             ShardRequest::Campaign(r) => return self.campaign(r, waiter),
@@ -1301,6 +1374,31 @@ pub(crate) mod tests {
         let mut replies = Replies::default();
         settle(s, &mut replies);
         replies.local
+    }
+
+    /// A panic while handling one request answers it INTERNAL, is counted, and the shard goes
+    /// on serving.
+    #[test]
+    fn a_panicking_request_is_answered_internal_and_the_shard_goes_on() {
+        let disk = FaultDisk::new();
+        let s = RefCell::new(shard(&disk));
+        let shared = crate::reactor::Shared {
+            cfg: crate::config::Config::default(),
+            driver: "test",
+            stats: vec![crate::reactor::CoreStats::default()],
+            stop: crate::reactor::StopSignal::new(1),
+            shard_stats: Default::default(),
+        };
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let o = execute_guarded(&s, ShardRequest::TestPanic, None, now, call(1), &mut out, &shared);
+        assert!(matches!(&o, Outcome::Error(st) if st.code == Code::INTERNAL), "{o:?}");
+        assert!(out.is_empty());
+        assert_eq!(shared.shard_stats.request_panics.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let health = ShardRequest::Health { service: String::new() };
+        let o = execute_guarded(&s, health, None, now, call(2), &mut out, &shared);
+        assert_eq!(o, Outcome::Health(Some(ServingStatus::Serving)), "the shard still serves");
+        assert_eq!(put(&mut s.borrow_mut(), "after", 3).len(), 1, "and still writes");
     }
 
     #[test]
