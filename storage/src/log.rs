@@ -129,6 +129,9 @@ struct Segment<F> {
     file: Rc<F>,
     /// Bytes of valid data (header and records) on disk.
     end: u64,
+    /// The file's length (data and the space reserved ahead), kept here so that no call asks
+    /// the file system (a statx per write once cost more syscalls than the write itself).
+    size: u64,
 }
 
 /// What recovery found: every record of every committed batch, in order.
@@ -388,7 +391,8 @@ impl<D: Disk> Log<D> {
                 file.write_at_blocking(&vec![0u8; cut], valid_end as u64)?;
                 file.sync_data_blocking()?;
             }
-            log.segments.insert(seq, Segment { file: Rc::new(file), end: valid_end as u64 });
+            let size = file.len()?;
+            log.segments.insert(seq, Segment { file: Rc::new(file), end: valid_end as u64, size });
             log.head = seq;
         }
         match log.segments.get(&log.head) {
@@ -464,16 +468,18 @@ impl<D: Disk> Log<D> {
             let path = self.dir.join(segment_name(self.head));
             let file = self.disk.create(&path)?;
             self.disk.sync_dir(&self.dir)?;
-            self.segments.insert(self.head, Segment { file: Rc::new(file), end: 0 });
+            self.segments.insert(self.head, Segment { file: Rc::new(file), end: 0, size: 0 });
             self.head_is_new = false;
         }
-        let seg = self.segments.get(&self.head).ok_or_else(|| LogError::Failed("head segment missing".into()))?;
+        let seg = self.segments.get_mut(&self.head).ok_or_else(|| LogError::Failed("head segment missing".into()))?;
         // Space is reserved ahead in steps, so most batches write into allocated blocks (no
         // block allocation on the sync's path) while the file stays close to its data's size.
         let need = self.pending_at + self.pending.len() as u64;
-        if need > seg.file.len()? {
+        if need > seg.size {
             let step = ALLOCATE_STEP_BYTES.min(self.cfg.segment_bytes);
-            seg.file.allocate(need.div_ceil(step) * step)?;
+            let size = need.div_ceil(step) * step;
+            seg.file.allocate(size)?;
+            seg.size = seg.size.max(size);
         }
         let buf = std::mem::take(&mut self.pending);
         let end = Location { segment: self.head, offset: self.pending_at + buf.len() as u64 };
@@ -556,7 +562,7 @@ impl<D: Disk> Log<D> {
 
     /// Bytes the segment files take on disk (what dbSize reports).
     pub fn disk_bytes(&self) -> u64 {
-        self.segments.values().map(|s| s.file.len().unwrap_or(s.end)).sum()
+        self.segments.values().map(|s| s.size.max(s.end)).sum()
     }
 
     /// Deletes a whole segment (its records are no longer needed). Never the head.
