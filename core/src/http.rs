@@ -263,6 +263,7 @@ pub fn metrics(shared: &Shared) -> String {
     ] {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     }
+    crate::metrics::write_etcd(shared, &mut s);
     let _ = writeln!(
         s,
         "# HELP metastore_io_driver The io driver of the reactors.\n# TYPE metastore_io_driver gauge\nmetastore_io_driver{{driver=\"{}\"}} 1",

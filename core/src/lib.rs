@@ -12,6 +12,7 @@ pub mod disk;
 pub mod etcd;
 pub mod http;
 pub mod lease;
+pub mod metrics;
 pub mod notify;
 pub mod reactor;
 pub mod ring;

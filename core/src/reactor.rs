@@ -125,6 +125,11 @@ pub struct ShardStats {
     pub disk_failed: AtomicU64,
     /// Requests whose handling panicked (each answered INTERNAL; the server went on).
     pub request_panics: AtomicU64,
+    /// Counts published from the shard's [`crate::shard::Counters`] each round.
+    pub counters: crate::shard::Counters<AtomicU64>,
+    pub keys: AtomicU64,
+    pub compact_revision: AtomicU64,
+    pub proposals_pending: AtomicU64,
     /// When the shard loop last went round (ms since `ShardStats::epoch`): a stuck shard shows.
     pub loop_at_ms: AtomicU64,
     epoch: std::sync::OnceLock<Instant>,

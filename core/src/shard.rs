@@ -193,6 +193,19 @@ pub fn execute_guarded<D: Disk>(
     })
 }
 
+/// What the shard counts for `/metrics` (etcd's `etcd_mvcc_*_total`, lease counters).
+#[derive(Debug, Default)]
+pub struct Counters<T> {
+    pub ranges: T,
+    pub puts: T,
+    pub deletes: T,
+    pub txns: T,
+    pub leases_granted: T,
+    pub leases_revoked: T,
+    pub leases_renewed: T,
+    pub leases_expired: T,
+}
+
 /// Capacity of a reply buffer sent across cores: fits a small response without regrowing.
 const REPLY_BYTES_INITIAL: usize = 1024;
 
@@ -337,6 +350,7 @@ pub struct Shard<D: Disk = ReactorDisk> {
     waiting: Vec<recipes::Waiting>,
     tick_ms: u64,
     lease_ttl_min: i64,
+    counters: Counters<u64>,
 }
 
 /// Batches of published changes a core has not taken yet. At most [`FEED_BATCHES_MAX`] wait;
@@ -463,6 +477,7 @@ impl<D: Disk> Shard<D> {
             last_expiry_check: Instant::now(),
             steps: HashMap::new(),
             waiting: Vec::new(),
+            counters: Counters::default(),
             tick_ms: cfg.tick_ms.max(1),
             // etcd's minimum lease TTL: 1.5 election timeouts, in whole seconds rounded up.
             lease_ttl_min: ((cfg.tick_ms * cfg.election_ticks as u64 * 3).div_ceil(2000)).max(1) as i64,
@@ -516,6 +531,22 @@ impl<D: Disk> Shard<D> {
         }
         s.alarms.store(alarms, Relaxed);
         s.disk_failed.store(self.failed.is_some() as u64, Relaxed);
+        let (c, o) = (&self.counters, &s.counters);
+        for (from, to) in [
+            (c.ranges, &o.ranges),
+            (c.puts, &o.puts),
+            (c.deletes, &o.deletes),
+            (c.txns, &o.txns),
+            (c.leases_granted, &o.leases_granted),
+            (c.leases_revoked, &o.leases_revoked),
+            (c.leases_renewed, &o.leases_renewed),
+            (c.leases_expired, &o.leases_expired),
+        ] {
+            to.store(from, Relaxed);
+        }
+        s.keys.store(self.store.live_keys() as u64, Relaxed);
+        s.compact_revision.store(self.store.compacted_revision().max(0) as u64, Relaxed);
+        s.proposals_pending.store(self.waiters.len() as u64, Relaxed);
     }
 
     /// How often `raft_tick` is due.
@@ -569,7 +600,10 @@ impl<D: Disk> Shard<D> {
                 let s = if self.failed.is_some() { s.map(|_| ServingStatus::NotServing) } else { s };
                 return Outcome::Health(s);
             }
-            ShardRequest::Range(r) => kv::range(&self.store, &ids, &r, out),
+            ShardRequest::Range(r) => {
+                self.counters.ranges += 1;
+                kv::range(&self.store, &ids, &r, out)
+            }
             ShardRequest::Txn(t) if kv::txn_is_read_only(&t) => kv::txn(&mut self.store, &ids, &self.leases, &t, out),
             ShardRequest::LeaseGrant(mut r) => {
                 if r.ttl > crate::lease::TTL_MAX {
@@ -605,6 +639,7 @@ impl<D: Disk> Shard<D> {
             ShardRequest::Observe { name, key, mod_rev } => return self.observe(&name, key, mod_rev, waiter, out),
             ShardRequest::LeaseKeepAlive(id) => {
                 let ttl = self.leases.renew(id, now).unwrap_or(0);
+                self.counters.leases_renewed += u64::from(ttl > 0);
                 let header = self.header(self.store.current_revision());
                 pb::LeaseKeepAliveResponse { header, id, ttl }.encode_raw(out);
                 Ok(())
@@ -758,6 +793,7 @@ impl<D: Disk> Shard<D> {
         }
         self.last_expiry_check = now;
         for id in self.leases.expired(now, crate::lease::REVOKES_PER_CHECK) {
+            self.counters.leases_expired += 1;
             tracing::debug!(lease = id, "lease expired: revoking");
             self.propose_unwaited(op::LEASE_REVOKE, &pb::LeaseRevokeRequest { id });
         }
@@ -954,6 +990,12 @@ impl<D: Disk> Shard<D> {
         let ids = self.ids();
         let mut out = Vec::with_capacity(REPLY_BYTES_INITIAL);
         let rev_before = self.store.current_revision();
+        match kind {
+            op::PUT => self.counters.puts += 1,
+            op::DELETE_RANGE => self.counters.deletes += 1,
+            op::TXN => self.counters.txns += 1,
+            _ => {}
+        }
         let corrupt = self.alarm_active(AlarmType::Corrupt);
         let capped = self.alarm_active(AlarmType::Nospace);
         let r = match kind {
@@ -974,12 +1016,14 @@ impl<D: Disk> Shard<D> {
                 if !self.leases.grant(r.id, r.ttl, Instant::now()) {
                     return Err(crate::etcd::errors::lease_exists());
                 }
+                self.counters.leases_granted += 1;
                 let header = self.header(self.store.current_revision());
                 pb::LeaseGrantResponse { header, id: r.id, ttl: r.ttl, error: String::new() }.encode_raw(&mut out);
                 Ok(())
             }),
             op::LEASE_REVOKE => pb::LeaseRevokeRequest::decode(msg).map_err(decode_error).and_then(|r| {
                 let keys = self.leases.revoke(r.id).ok_or_else(crate::etcd::errors::lease_not_found)?;
+                self.counters.leases_revoked += 1;
                 if !keys.is_empty() {
                     // Every attached key goes in one revision.
                     let mut w = self.store.write();
