@@ -85,6 +85,9 @@ pub struct Config {
     pub log_level: String,
     /// `--log-outputs`: where logs go.
     pub log_output: LogOutput,
+    /// `--experimental-warning-apply-duration` (etcd default 100 ms): a request the shard takes
+    /// longer than this to answer is logged as slow, with its method, key prefix and stage.
+    pub warning_apply_duration: std::time::Duration,
     /// What parsing noticed and did not refuse (ignored flags, unknown variables): logged at start.
     pub warnings: Vec<String>,
 }
@@ -125,6 +128,7 @@ impl Default for Config {
             auto_compaction: None,
             bench_null: false,
             watch_progress_notify_interval: std::time::Duration::from_secs(600),
+            warning_apply_duration: std::time::Duration::from_millis(100),
             heartbeat_ms: 100,
             election_timeout_ms: 1000,
             log_level: "info".into(),
@@ -329,7 +333,11 @@ const FLAGS: &[Flag] = &[
     Flag { name: "experimental-corrupt-check-time", value: "DURATION", help: NO_EFFECT },
     Flag { name: "experimental-compact-hash-check-enabled", value: BOOL, help: NO_EFFECT },
     Flag { name: "experimental-compact-hash-check-time", value: "DURATION", help: NO_EFFECT },
-    Flag { name: "experimental-warning-apply-duration", value: "DURATION", help: NO_EFFECT },
+    Flag {
+        name: "experimental-warning-apply-duration",
+        value: "DURATION",
+        help: "Requests the shard takes longer than this to answer are logged as slow (method, key prefix, stage). (default 100ms)",
+    },
     Flag { name: "experimental-txn-mode-write-with-shared-buffer", value: BOOL, help: NO_EFFECT },
     Flag { name: "experimental-stop-grpc-service-on-defrag", value: BOOL, help: NO_EFFECT },
     Flag { name: "experimental-downgrade-check-time", value: "DURATION", help: NO_EFFECT },
@@ -620,6 +628,10 @@ where
             }
             "config-file" => {}
             "heartbeat-interval" => cfg.heartbeat_ms = parse_num(name, &value)?,
+            "experimental-warning-apply-duration" => {
+                cfg.warning_apply_duration = crate::compactor::parse_go_duration(&value)
+                    .ok_or_else(|| ConfigError(format!("invalid value {value:?} for flag --{name}: not a duration")))?;
+            }
             "election-timeout" => cfg.election_timeout_ms = parse_num(name, &value)?,
             "logger" => {
                 if value != "zap" {

@@ -208,6 +208,7 @@ fn shard_config(cfg: &Config) -> ShardConfig {
         quota_bytes: cfg.quota_backend_bytes,
         auto_compaction: cfg.auto_compaction,
         snapshot_count: cfg.snapshot_count,
+        slow_request: cfg.warning_apply_duration,
         log: LogConfig::default(),
         tick_ms: cfg.heartbeat_ms,
         election_ticks: (cfg.election_timeout_ms / cfg.heartbeat_ms.max(1)) as usize,

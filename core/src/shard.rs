@@ -86,7 +86,52 @@ pub enum ShardRequest {
     },
 }
 
+/// What the slow-request log says of a request: when the shard took it, its kind and the start
+/// of its key (no allocation: a fixed prefix).
+#[derive(Debug, Clone, Copy)]
+pub struct Slow {
+    at: Instant,
+    what: &'static str,
+    key: [u8; 24],
+    key_len: u8,
+}
+
+impl Slow {
+    fn new(at: Instant, what: &'static str, key: &[u8]) -> Self {
+        let mut k = [0u8; 24];
+        let n = key.len().min(k.len());
+        k[..n].copy_from_slice(&key[..n]);
+        Slow { at, what, key: k, key_len: n as u8 }
+    }
+
+    /// Logs the request if it took longer than `limit` (`stage`: where the time went).
+    fn check(&self, limit: std::time::Duration, stage: &str) {
+        let took = self.at.elapsed();
+        if took >= limit {
+            let key = String::from_utf8_lossy(&self.key[..self.key_len as usize]);
+            tracing::warn!(
+                method = self.what,
+                key_prefix = %key.escape_debug(),
+                took_ms = took.as_secs_f64() * 1e3,
+                stage,
+                "slow request"
+            );
+        }
+    }
+}
+
 impl ShardRequest {
+    /// The key a request is about, if one (its first), for logs.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            ShardRequest::Range(r) => &r.key,
+            ShardRequest::Put(r) => &r.key,
+            ShardRequest::DeleteRange(r) => &r.key,
+            ShardRequest::Txn(t) => t.compare.first().map_or(&[][..], |c| &c.key[..]),
+            _ => &[],
+        }
+    }
+
     /// The request's kind, for logs.
     pub fn name(&self) -> &'static str {
         match self {
@@ -247,6 +292,8 @@ pub struct ShardConfig {
     pub auto_compaction: Option<crate::compactor::Mode>,
     /// Applied entries between checkpoints (`--snapshot-count`).
     pub snapshot_count: u64,
+    /// Requests slower than this are logged (`--experimental-warning-apply-duration`).
+    pub slow_request: std::time::Duration,
     pub log: LogConfig,
     /// Raft's tick (`--heartbeat-interval`), and its election timeout in ticks.
     pub tick_ms: u64,
@@ -301,7 +348,11 @@ pub struct Shard<D: Disk = ReactorDisk> {
     log: Rc<RefCell<Log<D>>>,
     store: Store<DurableHistory<D>>,
     raft: RaftNode,
-    waiters: HashMap<u64, Waiter>,
+    waiters: HashMap<u64, (Waiter, Slow)>,
+    /// The request being executed (for the slow log of the write it may propose).
+    current: Slow,
+    /// `--experimental-warning-apply-duration`: requests slower than this are logged.
+    slow_limit: std::time::Duration,
     next_id: u64,
     /// Set when the disk failed: writes are refused until a restart.
     failed: Option<String>,
@@ -452,6 +503,8 @@ impl<D: Disk> Shard<D> {
             store,
             raft,
             waiters: HashMap::new(),
+            current: Slow::new(Instant::now(), "", &[]),
+            slow_limit: cfg.slow_request,
             next_id: 1,
             failed: None,
             flushing_ready: None,
@@ -593,6 +646,7 @@ impl<D: Disk> Shard<D> {
         if deadline.is_some_and(|d| d <= now) {
             return Outcome::DeadlineExceeded;
         }
+        self.current = Slow::new(now, req.name(), req.key());
         let ids = self.ids();
         let r = match req {
             ShardRequest::Health { service } => {
@@ -719,6 +773,7 @@ impl<D: Disk> Shard<D> {
                 return Outcome::WatchSynced(Box::new(crate::watch::sync(&self.store, &ids, &w)));
             }
         };
+        self.current.check(self.slow_limit, "read on the shard");
         match r {
             Ok(()) => Outcome::Encoded,
             Err(e) => {
@@ -746,7 +801,7 @@ impl<D: Disk> Shard<D> {
                 if let Waiter::Remote { ring, .. } = waiter {
                     self.track(ring, 1);
                 }
-                self.waiters.insert(id, waiter);
+                self.waiters.insert(id, (waiter, self.current));
                 Outcome::Pending
             }
             Err(metastore_raft::RaftError::Dropped) => {
@@ -975,7 +1030,7 @@ impl<D: Disk> Shard<D> {
         let steps = std::mem::take(&mut self.steps).into_values().map(|s| s.waiter());
         let waiting = std::mem::take(&mut self.waiting).into_iter().map(|w| w.waiter());
         let waiters: Vec<Waiter> =
-            std::mem::take(&mut self.waiters).into_values().chain(steps).chain(waiting).collect();
+            std::mem::take(&mut self.waiters).into_values().map(|(w, _)| w).chain(steps).chain(waiting).collect();
         for w in waiters {
             self.answered(w);
             replies.push(w, ShardReply::Error(disk_failed(&why)));
@@ -1062,7 +1117,8 @@ impl<D: Disk> Shard<D> {
             return;
         }
         // Entries replayed at start (or proposed before a restart) have no one waiting.
-        if let Some(w) = self.waiters.remove(&id) {
+        if let Some((w, slow)) = self.waiters.remove(&id) {
+            slow.check(self.slow_limit, "write: raft proposal, fsync, commit and apply");
             self.writes_applied += 1;
             self.answered(w);
             replies.push(
@@ -1387,6 +1443,7 @@ pub(crate) mod tests {
             quota_bytes: 2 << 30,
             auto_compaction: None,
             snapshot_count: 10,
+            slow_request: std::time::Duration::from_millis(100),
             log: LogConfig { segment_bytes: 1 << 16 },
             tick_ms: 100,
             election_ticks: 10,

@@ -43,6 +43,7 @@ pub(crate) fn shard(dir: &std::path::Path) -> Shard {
         quota_bytes: 2 << 30,
         auto_compaction: None,
         snapshot_count: 100_000,
+        slow_request: std::time::Duration::from_millis(100),
         log: Default::default(),
         tick_ms: 100,
         election_ticks: 10,
