@@ -198,6 +198,15 @@ impl TestServer {
         out.1
     }
 
+    /// Sends SIGTERM, waits for a clean exit and returns how long it took; the server can be
+    /// restarted on the same data dir afterwards.
+    pub fn terminate(&mut self) -> Duration {
+        let t = Instant::now();
+        let (clean, log) = self.stop_inner();
+        assert!(clean, "metastore did not exit cleanly after SIGTERM:\n{log}");
+        t.elapsed()
+    }
+
     fn stop_inner(&mut self) -> (bool, String) {
         let Some(mut child) = self.child.take() else {
             return (true, String::new());
@@ -242,8 +251,27 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Ok((status, body))
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    // etcd sends /metrics chunked: reassemble, or a line cut by a chunk boundary reads wrong.
+    Ok((status, if chunked { dechunk(body) } else { body.to_string() }))
+}
+
+/// The payload of a `Transfer-Encoding: chunked` body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else { break };
+        if n == 0 || rest.len() < n || !rest.is_char_boundary(n) {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
 }
 
 /// Polls `f` until it holds or `secs` pass.
