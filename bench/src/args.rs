@@ -16,6 +16,12 @@ pub const THREADS_MAX: usize = 256;
 pub const KEY_SIZE_MAX: usize = 64 * 1024;
 /// Values longer than this are refused (etcd's default `--max-request-bytes`).
 pub const VAL_SIZE_MAX: usize = 1536 * 1024;
+/// The most watchers in one run.
+pub const WATCHERS_MAX: usize = 1_000_000;
+/// The bytes of a watch workload's value that carry the put's send time.
+pub const STAMP_BYTES: usize = 8;
+/// The longest lease TTL etcd grants (its `MaxLeaseTTL`, 9,000,000,000 s).
+pub const LEASE_TTL_MAX: u64 = 9_000_000_000;
 
 /// The flags that take a value (the rest are booleans).
 const VALUE_FLAGS: &[&str] = &[
@@ -35,6 +41,10 @@ const VALUE_FLAGS: &[&str] = &[
     "server-pid",
     "seed",
     "latency-out",
+    "watchers",
+    "watchers-per-stream",
+    "drain-timeout",
+    "lease-ttl",
 ];
 
 /// What each request does.
@@ -51,6 +61,13 @@ pub enum Workload {
     TxnMixed,
     /// `/metastore.Bench/Null` with an empty message: the transport's ceiling.
     Null,
+    /// One writer puts a key that `--watchers` watchers watch; latency is put-to-event.
+    WatchLatency,
+    /// The same machinery, led by events delivered per second (1,000 watchers by default).
+    WatchFanout,
+    /// Each client keeps its own lease alive on its own `LeaseKeepAlive` stream, one request
+    /// at a time.
+    LeaseKeepAlive,
 }
 
 impl Workload {
@@ -61,6 +78,9 @@ impl Workload {
             Workload::TxnPut => "txn-put",
             Workload::TxnMixed => "txn-mixed",
             Workload::Null => "null",
+            Workload::WatchLatency => "watch-latency",
+            Workload::WatchFanout => "watch-fanout",
+            Workload::LeaseKeepAlive => "lease-keepalive",
         }
     }
 
@@ -71,6 +91,9 @@ impl Workload {
             "txn-put" => Workload::TxnPut,
             "txn-mixed" => Workload::TxnMixed,
             "null" => Workload::Null,
+            "watch-latency" => Workload::WatchLatency,
+            "watch-fanout" => Workload::WatchFanout,
+            "lease-keepalive" => Workload::LeaseKeepAlive,
             _ => return None,
         })
     }
@@ -78,6 +101,37 @@ impl Workload {
     /// Whether the workload reads keys that should exist: these prefill the key space by default.
     pub fn reads_keys(self) -> bool {
         matches!(self, Workload::Range | Workload::TxnPut | Workload::TxnMixed)
+    }
+
+    /// watch-latency and watch-fanout: one writer, many watchers, latency put-to-event.
+    pub fn is_watch(self) -> bool {
+        matches!(self, Workload::WatchLatency | Workload::WatchFanout)
+    }
+}
+
+/// The watch workloads' shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Watch {
+    /// Watchers in all, each with its own watch ID.
+    pub watchers: usize,
+    /// Watchers created on one Watch stream (the last stream may hold fewer).
+    pub per_stream: usize,
+    /// `--watch-prefix`: watch the key space's prefix (its keys' shared leading zeros) and put
+    /// keys picked from the key space, instead of one key.
+    pub prefix: bool,
+    /// How long the watchers may take, after the writer's last put, to get every event.
+    pub drain_timeout: Duration,
+}
+
+impl Watch {
+    /// Watch streams: the watchers, `per_stream` to a stream.
+    pub fn streams(&self) -> usize {
+        self.watchers.div_ceil(self.per_stream)
+    }
+
+    /// The watchers on stream `s` (every stream is full but perhaps the last).
+    pub fn on_stream(&self, s: usize) -> usize {
+        self.per_stream.min(self.watchers.saturating_sub(s * self.per_stream))
     }
 }
 
@@ -150,6 +204,12 @@ pub struct Config {
     /// `--latency-out FILE`: write the latency quantiles (every 1%, P99.9, P99.99, max) there
     /// as JSON, for latency CDF plots.
     pub latency_out: Option<String>,
+    /// The watch workloads' watchers (`None` for the others). For them `clients` is the number
+    /// of watch streams (what connections and threads are planned over) and the stop condition
+    /// counts puts.
+    pub watch: Option<Watch>,
+    /// lease-keepalive: the TTL each client's lease is granted with, in seconds.
+    pub lease_ttl: i64,
 }
 
 /// What the command line asks for.
@@ -172,6 +232,14 @@ Workloads:
                Txn{compare MOD == rev, success put}; one operation is both calls
   txn-mixed    range and txn-put over one key space, --rw-ratio reads per write
   null         /metastore.Bench/Null with an empty message: the transport's ceiling
+  watch-latency
+               one writer puts a key that --watchers watchers watch; each value starts
+               with the put's send time, and every delivered event records put-to-event
+               latency (receive time - send time)
+  watch-fanout the same, led by events delivered per second (default 1000 watchers)
+  lease-keepalive
+               each client grants a lease (untimed), then sends LeaseKeepAlive requests on
+               its own stream, one at a time; latency is request to response
 
 Flags (etcd benchmark names; `--flag value` or `--flag=value`):
   --endpoints URLS        comma-separated http://host:port (default http://127.0.0.1:2379)
@@ -200,9 +268,29 @@ Flags (etcd benchmark names; `--flag value` or `--flag=value`):
   --no-progress           no progress bar (it is shown only when stderr is a terminal)
   -h, --help              this text
 
+Watch workloads (watch-latency, watch-fanout): one writer on its own connection, one put at a
+time (closed loop) or paced by --rate (puts/s); --total (default 1000) and --duration count and
+time the puts; --clients does not apply; --val-size at least 8 (the send time, ns since the
+run's start, is the value's first 8 bytes). Watchers are created and their `created` answers
+checked before timing; canceled and compacted answers are errors.
+  --watchers N            watchers in all (default 1; watch-fanout: 1000)
+  --watchers-per-stream N watchers sharing one Watch stream (default 1); the streams are
+                          spread over --conns, so --conns is at most the number of streams
+  --watch-prefix          watch the key space as a prefix (its keys' shared leading zeros) and
+                          put keys picked from it (random, or --sequential-keys); default: one key
+  --drain-timeout D       after the last put, how long the watchers may take to get every event;
+                          events still missing then are errors (default 10s)
+
+lease-keepalive:
+  --lease-ttl S           TTL of each client's lease in seconds (default 60); the leases are
+                          granted before and revoked after the timed part
+
 Output: a summary (QPS, latency histogram and percentiles, errors by message, client and server
 CPU per operation), then one JSON line on stdout. A gRPC error status counts as an answered
-request (in QPS and latency) and as an error; a connection-level failure ends that client.
+request (in QPS and latency) and as an error; a connection-level failure ends that client (and
+a stream that ends, its keep-alive client or its watchers). For the watch workloads an operation
+is a delivered event: QPS is events per second, latency is put-to-event, CPU is per event; puts
+per second and put latency are reported beside them.
 "
 }
 
@@ -232,6 +320,12 @@ where
     let mut progress = true;
     let mut seed = 1u64;
     let mut latency_out = None;
+    let mut clients_given = false;
+    let mut watchers = None;
+    let mut per_stream = None;
+    let mut watch_prefix = None;
+    let mut drain_timeout = None;
+    let mut lease_ttl = None;
 
     let mut it = args.into_iter().map(Into::into);
     while let Some(arg) = it.next() {
@@ -265,6 +359,7 @@ where
             "json" => json = boolean(inline)?,
             "no-progress" => progress = !boolean(inline)?,
             "prefill" => prefill = Some(boolean(inline)?),
+            "watch-prefix" => watch_prefix = Some(boolean(inline)?),
             "no-prefill" => prefill = Some(!boolean(inline)?),
             _ => {
                 if !VALUE_FLAGS.contains(&name) {
@@ -286,7 +381,10 @@ where
                         }
                     }
                     "conns" => conns = number(name, &value, 1, CONNS_MAX as u64)? as usize,
-                    "clients" => clients = number(name, &value, 1, CLIENTS_MAX as u64)? as usize,
+                    "clients" => {
+                        clients = number(name, &value, 1, CLIENTS_MAX as u64)? as usize;
+                        clients_given = true;
+                    }
                     "threads" => threads = Some(number(name, &value, 1, THREADS_MAX as u64)? as usize),
                     "total" => total = Some(number(name, &value, 1, u64::MAX)?),
                     "duration" => duration = Some(parse_duration(&value).map_err(|e| format!("--duration: {e}"))?),
@@ -310,13 +408,69 @@ where
                         }
                         latency_out = Some(value);
                     }
+                    "watchers" => watchers = Some(number(name, &value, 1, WATCHERS_MAX as u64)? as usize),
+                    "watchers-per-stream" => {
+                        per_stream = Some(number(name, &value, 1, WATCHERS_MAX as u64)? as usize);
+                    }
+                    "drain-timeout" => {
+                        drain_timeout = Some(parse_duration(&value).map_err(|e| format!("--drain-timeout: {e}"))?);
+                    }
+                    "lease-ttl" => lease_ttl = Some(number(name, &value, 1, LEASE_TTL_MAX)? as i64),
                     _ => return Err(format!("unknown flag --{name}")),
                 }
             }
         }
     }
 
-    let workload = workload.ok_or("no workload given (put, range, txn-put, txn-mixed or null); see --help")?;
+    let workload = workload.ok_or(
+        "no workload given (put, range, txn-put, txn-mixed, null, watch-latency, watch-fanout or lease-keepalive); \
+         see --help",
+    )?;
+    let watch = if workload.is_watch() {
+        if clients_given {
+            return Err(format!(
+                "--clients does not apply to {}: one writer puts, --watchers and --watchers-per-stream set the \
+                 watchers",
+                workload.name()
+            ));
+        }
+        if val_size < STAMP_BYTES {
+            return Err(format!("--val-size {val_size}: {} needs at least {STAMP_BYTES} bytes", workload.name()));
+        }
+        let default_watchers = if workload == Workload::WatchFanout { 1000 } else { 1 };
+        let watchers = watchers.unwrap_or(default_watchers);
+        let w = Watch {
+            watchers,
+            per_stream: per_stream.unwrap_or(1).min(watchers),
+            prefix: watch_prefix.unwrap_or(false),
+            drain_timeout: drain_timeout.unwrap_or(Duration::from_secs(10)),
+        };
+        if w.streams() < conns {
+            return Err(format!(
+                "--conns ({conns}) is more than the watch streams ({}): a connection needs a stream",
+                w.streams()
+            ));
+        }
+        clients = w.streams();
+        Some(w)
+    } else {
+        let given = [
+            ("watchers", watchers.is_some()),
+            ("watchers-per-stream", per_stream.is_some()),
+            ("watch-prefix", watch_prefix.is_some()),
+            ("drain-timeout", drain_timeout.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|g| g.1) {
+            return Err(format!("--{flag} is for watch-latency and watch-fanout, not {}", workload.name()));
+        }
+        None
+    };
+    if lease_ttl.is_some() && workload != Workload::LeaseKeepAlive {
+        return Err(format!("--lease-ttl is for lease-keepalive, not {}", workload.name()));
+    }
+    if prefill == Some(true) && (watch.is_some() || workload == Workload::LeaseKeepAlive) {
+        return Err(format!("--prefill does not apply to {}", workload.name()));
+    }
     if clients < conns {
         return Err(format!("--clients ({clients}) must be at least --conns ({conns}): a connection needs a client"));
     }
@@ -325,7 +479,7 @@ where
     }
     let stop = match (duration, total) {
         (Some(d), None) => Stop::Duration(d),
-        (None, t) => Stop::Total(t.unwrap_or(10_000)),
+        (None, t) => Stop::Total(t.unwrap_or(if watch.is_some() { 1000 } else { 10_000 })),
         (Some(_), Some(_)) => return Err("give --total or --duration, not both".into()),
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -350,6 +504,8 @@ where
         progress,
         seed,
         latency_out,
+        watch,
+        lease_ttl: lease_ttl.unwrap_or(60),
     })))
 }
 
@@ -491,6 +647,71 @@ mod tests {
         assert!(err(&["put", "--endpoints", ","]).contains("no endpoint"));
         assert!(err(&["put", "--latency-out"]).contains("needs a value"));
         assert!(err(&["put", "--latency-out="]).contains("file name"));
+    }
+
+    #[test]
+    fn watch_and_lease_workloads() {
+        let c = run(&["watch-latency"]);
+        assert_eq!(c.workload, Workload::WatchLatency);
+        let w = c.watch.clone().unwrap();
+        assert_eq!((w.watchers, w.per_stream, w.prefix), (1, 1, false));
+        assert_eq!(w.drain_timeout, Duration::from_secs(10));
+        assert_eq!((c.clients, c.conns, c.stop, c.rate, c.prefill), (1, 1, Stop::Total(1000), None, false));
+        let c = run(&["watch-fanout", "--conns", "10", "--watchers-per-stream", "10"]);
+        let w = c.watch.clone().unwrap();
+        assert_eq!((w.watchers, w.per_stream, w.streams(), c.clients), (1000, 10, 100, 100));
+        let c = run(&[
+            "watch-latency",
+            "--watchers=10000",
+            "--watchers-per-stream",
+            "3",
+            "--conns",
+            "100",
+            "--watch-prefix",
+            "--drain-timeout",
+            "500ms",
+            "--rate",
+            "50",
+            "--duration",
+            "2s",
+            "--val-size",
+            "8",
+        ]);
+        let w = c.watch.clone().unwrap();
+        assert_eq!((w.streams(), w.on_stream(0), w.on_stream(3332), w.on_stream(3333)), (3334, 3, 3, 1));
+        assert!(w.prefix && w.drain_timeout == Duration::from_millis(500));
+        assert_eq!((c.rate, c.stop, c.val_size), (Some(50.0), Stop::Duration(Duration::from_secs(2)), 8));
+        assert_eq!(
+            run(&["watch-latency", "--watchers", "3", "--watchers-per-stream", "9"]).watch.unwrap().per_stream,
+            3
+        );
+        let c = run(&["lease-keepalive", "--conns", "10", "--clients", "1000", "--lease-ttl", "30"]);
+        assert_eq!(
+            (c.workload, c.clients, c.lease_ttl, c.prefill, c.watch),
+            (Workload::LeaseKeepAlive, 1000, 30, false, None)
+        );
+        assert_eq!(run(&["lease-keepalive"]).lease_ttl, 60);
+        assert!(!run(&["watch-fanout"]).workload.reads_keys() && run(&["watch-fanout"]).workload.is_watch());
+    }
+
+    #[test]
+    fn watch_and_lease_flags_are_refused_where_they_do_not_apply() {
+        assert!(err(&["watch-latency", "--clients", "4"]).contains("--clients does not apply"));
+        assert!(err(&["watch-fanout", "--val-size", "7"]).contains("at least 8"));
+        assert!(err(&["watch-latency", "--conns", "2"]).contains("more than the watch streams (1)"));
+        assert!(
+            err(&["watch-fanout", "--watchers", "10", "--watchers-per-stream", "5", "--conns", "3"]).contains("(2)")
+        );
+        assert!(err(&["watch-latency", "--prefill"]).contains("--prefill does not apply"));
+        assert!(err(&["lease-keepalive", "--prefill"]).contains("--prefill does not apply"));
+        assert!(err(&["put", "--watchers", "2"]).contains("--watchers is for watch-latency"));
+        assert!(err(&["range", "--watch-prefix"]).contains("--watch-prefix is for"));
+        assert!(err(&["null", "--drain-timeout", "1s"]).contains("--drain-timeout is for"));
+        assert!(err(&["put", "--lease-ttl", "5"]).contains("--lease-ttl is for lease-keepalive"));
+        assert!(err(&["watch-latency", "--lease-ttl", "5"]).contains("--lease-ttl is for"));
+        assert!(err(&["watch-latency", "--watchers", "0"]).contains("outside"));
+        assert!(err(&["lease-keepalive", "--lease-ttl", "0"]).contains("outside"));
+        assert!(err(&["watch-latency", "--drain-timeout", "x"]).contains("--drain-timeout"));
     }
 
     #[test]

@@ -8,11 +8,20 @@
 //! response DATA into a reused buffer, and takes `grpc-status` from the trailers (or from the
 //! headers of a trailers-only reply). A non-zero status is an error whose text is the code's name
 //! and the percent-decoded `grpc-message`, e.g. `UNIMPLEMENTED: unknown service metastore.Bench`.
+//!
+//! A bidirectional stream ([`open`], for Watch and LeaseKeepAlive) sends HEADERS and leaves the
+//! request side open: [`StreamCall::send`] queues one length-prefixed message without ending it
+//! (it leaves with the next flush, coalesced with whatever else is written in that turn), and
+//! [`StreamCall::message`] returns the next whole response message as it arrives, cut from a
+//! reused buffer by a [`Deframer`] (messages may span DATA frames, and a frame may hold several).
+//! Ending the stream, by the server or by a failure, is an error ([`CallError::Ended`]): nothing
+//! more can come on it.
 
 use std::future::poll_fn;
 
 use bytes::{BufMut, Bytes};
-use h2::client::{Connection, SendRequest};
+use h2::client::{Connection, ResponseFuture, SendRequest};
+use h2::{RecvStream, SendStream};
 use http::header::{HeaderValue, CONTENT_TYPE, TE};
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use tokio::net::TcpStream;
@@ -62,18 +71,22 @@ pub enum CallError {
     Stream(String),
     /// The connection failed: no further call on it can succeed.
     Connection(String),
+    /// A bidirectional stream ended (the server closed or reset it, with the status given):
+    /// nothing more can be sent or received on it, though the connection may still work.
+    Ended(String),
 }
 
 impl CallError {
     /// The text errors are grouped by in the report.
     pub fn message(&self) -> &str {
         match self {
-            CallError::Status(m) | CallError::Stream(m) | CallError::Connection(m) => m,
+            CallError::Status(m) | CallError::Stream(m) | CallError::Connection(m) | CallError::Ended(m) => m,
         }
     }
 
+    /// Whether the client that met it cannot go on: its connection or its stream is gone.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, CallError::Connection(_))
+        matches!(self, CallError::Connection(_) | CallError::Ended(_))
     }
 
     /// Whether the server answered (an error status is an answer; a reset or a dead connection
@@ -132,6 +145,148 @@ pub async fn unary(send: &mut Sender, uri: &Uri, body: Bytes, out: &mut Vec<u8>)
     let trailers = body.trailers().await.map_err(h2_error)?;
     status(trailers.as_ref())?;
     check_message(out)
+}
+
+/// One bidirectional streaming call (see the module doc).
+pub struct StreamCall {
+    tx: SendStream<Bytes>,
+    /// Until the response headers have come.
+    resp: Option<ResponseFuture>,
+    body: Option<RecvStream>,
+    messages: Deframer,
+}
+
+/// Opens a bidirectional stream to `uri`: HEADERS go out with the first message sent. The
+/// response headers are awaited by the first [`StreamCall::message`] (a gRPC server may send
+/// them only with its first message).
+pub async fn open(send: &mut Sender, uri: &Uri) -> Result<StreamCall, CallError> {
+    poll_fn(|cx| send.poll_ready(cx)).await.map_err(|e| CallError::Connection(format!("connection: {e}")))?;
+    let (resp, tx) =
+        send.send_request(request(uri), false).map_err(|e| CallError::Connection(format!("connection: {e}")))?;
+    Ok(StreamCall { tx, resp: Some(resp), body: None, messages: Deframer::default() })
+}
+
+fn ended(e: h2::Error) -> CallError {
+    match h2_error(e) {
+        CallError::Stream(m) => CallError::Ended(m),
+        other => other,
+    }
+}
+
+impl StreamCall {
+    /// Queues `body` (one or more whole messages, gRPC prefix included) without ending the
+    /// request side.
+    pub fn send(&mut self, body: Bytes) -> Result<(), CallError> {
+        self.tx.send_data(body, false).map_err(ended)
+    }
+
+    /// The next response message (prefix stripped), as soon as it has wholly arrived.
+    pub async fn message(&mut self) -> Result<&[u8], CallError> {
+        if let Some(resp) = self.resp.take() {
+            let resp = resp.await.map_err(ended)?;
+            if resp.status() != StatusCode::OK {
+                return Err(CallError::Ended(format!("HTTP {}", resp.status().as_u16())));
+            }
+            if resp.headers().contains_key("grpc-status") {
+                // Trailers-only: the stream is over before any message.
+                return Err(CallError::Ended(stream_status(Some(resp.headers()))));
+            }
+            self.body = Some(resp.into_body());
+        }
+        let Some(body) = self.body.as_mut() else {
+            return Err(CallError::Ended("stream ended".into()));
+        };
+        loop {
+            if let Some(len) = self.messages.next_len()? {
+                return Ok(self.messages.take(len));
+            }
+            match body.data().await {
+                Some(chunk) => {
+                    let chunk = chunk.map_err(ended)?;
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    self.messages.push(&chunk);
+                }
+                None => {
+                    let trailers = body.trailers().await.map_err(ended)?;
+                    self.body = None;
+                    let mut why = stream_status(trailers.as_ref());
+                    if self.messages.buffered() > 0 {
+                        why = format!("{why} (inside a message)");
+                    }
+                    return Err(CallError::Ended(why));
+                }
+            }
+        }
+    }
+}
+
+/// How a stream's trailers ended it: `stream ended: OK`, or the error status.
+fn stream_status(trailers: Option<&HeaderMap>) -> String {
+    match status(trailers) {
+        Ok(()) => "stream ended by the server: OK".into(),
+        Err(e) => format!("stream ended by the server: {}", e.message()),
+    }
+}
+
+/// Cuts length-prefixed gRPC messages out of the DATA received on a stream. Bytes are copied
+/// once into a buffer that is reused (compacted in place) for the life of the stream.
+#[derive(Debug, Default)]
+pub struct Deframer {
+    buf: Vec<u8>,
+    /// Where the next message starts in `buf`.
+    at: usize,
+}
+
+impl Deframer {
+    /// Appends received bytes.
+    pub fn push(&mut self, chunk: &[u8]) {
+        if self.at == self.buf.len() {
+            self.buf.clear();
+            self.at = 0;
+        } else if self.at > 0 && self.at >= self.buf.len() / 2 {
+            self.buf.copy_within(self.at.., 0);
+            self.buf.truncate(self.buf.len() - self.at);
+            self.at = 0;
+        }
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// Bytes received and not yet taken (a partial message, or whole ones not taken).
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.at
+    }
+
+    /// The length (prefix included) of the next message if it has wholly arrived; an error for
+    /// a compressed or oversized one.
+    pub fn next_len(&self) -> Result<Option<usize>, CallError> {
+        let rest = &self.buf[self.at..];
+        let Some(prefix) = rest.get(..GRPC_PREFIX_BYTES) else { return Ok(None) };
+        if prefix[0] != 0 {
+            return Err(CallError::Ended("compressed response message".into()));
+        }
+        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        if len > RESPONSE_BYTES_MAX {
+            return Err(CallError::Ended(format!("response message of {len} bytes")));
+        }
+        Ok((rest.len() >= GRPC_PREFIX_BYTES + len).then_some(GRPC_PREFIX_BYTES + len))
+    }
+
+    /// Takes the next message, `len` as [`Deframer::next_len`] gave it; returns it without
+    /// its prefix.
+    pub fn take(&mut self, len: usize) -> &[u8] {
+        let from = self.at;
+        self.at += len;
+        &self.buf[from + GRPC_PREFIX_BYTES..from + len]
+    }
+
+    /// The next whole message without its prefix, if there is one.
+    #[cfg(test)]
+    pub fn next(&mut self) -> Result<Option<&[u8]>, CallError> {
+        Ok(match self.next_len()? {
+            Some(len) => Some(self.take(len)),
+            None => None,
+        })
+    }
 }
 
 /// The message of a response that [`unary`] accepted.
@@ -285,11 +440,64 @@ mod tests {
     }
 
     #[test]
+    fn deframer_cuts_messages_across_and_within_chunks() {
+        let mut wire = Vec::new();
+        let msgs: Vec<Vec<u8>> = vec![vec![], b"a".to_vec(), vec![7; 300], b"xyz".to_vec()];
+        for m in &msgs {
+            wire.push(0);
+            wire.extend_from_slice(&(m.len() as u32).to_be_bytes());
+            wire.extend_from_slice(m);
+        }
+        // Every way of cutting the wire into two or three chunks gives the same messages.
+        for cut1 in 0..=wire.len() {
+            for cut2 in [cut1, (cut1 + 4).min(wire.len()), wire.len()] {
+                let mut d = Deframer::default();
+                let mut got = Vec::new();
+                for chunk in [&wire[..cut1], &wire[cut1..cut2], &wire[cut2..]] {
+                    d.push(chunk);
+                    while let Some(m) = d.next().unwrap() {
+                        got.push(m.to_vec());
+                    }
+                }
+                assert_eq!(got, msgs, "cut at {cut1} and {cut2}");
+                assert_eq!(d.buffered(), 0);
+            }
+        }
+        // A partial message waits; the buffer is reused.
+        let mut d = Deframer::default();
+        d.push(&[0, 0, 0, 0, 2, b'h']);
+        assert_eq!(d.next(), Ok(None));
+        assert_eq!(d.buffered(), 6);
+        d.push(b"i");
+        assert_eq!(d.next(), Ok(Some(&b"hi"[..])));
+        d.push(&[0, 0, 0]);
+        assert_eq!(d.next(), Ok(None));
+        assert_eq!(d.buffered(), 3);
+        // Compressed and oversized messages end the stream.
+        let mut d = Deframer::default();
+        d.push(&[1, 0, 0, 0, 0]);
+        assert!(matches!(d.next(), Err(CallError::Ended(m)) if m.contains("compressed")));
+        let mut d = Deframer::default();
+        d.push(&[0, 0xff, 0xff, 0xff, 0xff]);
+        assert!(matches!(d.next(), Err(CallError::Ended(m)) if m.contains("bytes")));
+    }
+
+    #[test]
+    fn stream_status_names_the_end() {
+        assert_eq!(stream_status(Some(&trailers(&[("grpc-status", "0")]))), "stream ended by the server: OK");
+        assert_eq!(
+            stream_status(Some(&trailers(&[("grpc-status", "14"), ("grpc-message", "shutting%20down")]))),
+            "stream ended by the server: UNAVAILABLE: shutting down"
+        );
+    }
+
+    #[test]
     fn error_kinds() {
         assert!(CallError::Status("x".into()).answered());
         assert!(!CallError::Stream("x".into()).answered());
         assert!(CallError::Connection("x".into()).is_fatal());
         assert!(!CallError::Stream("x".into()).is_fatal());
+        assert!(CallError::Ended("x".into()).is_fatal() && !CallError::Ended("x".into()).answered());
         assert_eq!(code_name(12), "UNIMPLEMENTED");
         assert!(uri("127.0.0.1:2379", "/etcdserverpb.KV/Put").is_ok());
     }

@@ -3,6 +3,11 @@
 //! one-line JSON record that scripts read, and the progress line drawn on stderr while it runs.
 //! Latencies are recorded in nanoseconds and reported in µs. JSON is written by hand (no serde):
 //! the record is flat and its only strings are endpoints and error messages, escaped here.
+//!
+//! For the watch workloads an operation is a delivered event: `total`, `qps`, the percentiles
+//! and CPU per operation are over events (latency put-to-event), and the writer's puts come
+//! beside them (`puts`, `puts_per_s`, put latency). watch-latency's summary leads with the
+//! latency, watch-fanout's with events per second.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -10,7 +15,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use crate::args::{Config, Stop};
+use crate::args::{Config, Stop, Workload};
 
 /// The most histogram rows printed: three per decade, so 30 rows span 10 decades.
 const HISTOGRAM_ROWS_MAX: usize = 30;
@@ -33,6 +38,35 @@ pub struct Measured {
     pub server_cpu_us: Option<u64>,
     /// Keys put before timing, and how long that took.
     pub prefill: Option<(u64, Duration)>,
+    /// Connecting and setup before timing (prefill, watch creates, lease grants included).
+    pub setup: Duration,
+    /// The watch workloads' writer and missing events.
+    pub watch: Option<WatchMeasured>,
+}
+
+/// What the watch workloads measure besides the events.
+#[derive(Debug)]
+pub struct WatchMeasured {
+    /// Puts finished (answered or not) and those that succeeded.
+    pub puts: u64,
+    pub puts_ok: u64,
+    /// From the start to the end of the last put.
+    pub put_elapsed: Duration,
+    /// Put latency, send to answer, ns.
+    pub put_hist: Histogram<u64>,
+    /// Events the watchers had not had when they stopped waiting (also among the errors).
+    pub missing: u64,
+}
+
+impl WatchMeasured {
+    pub fn puts_per_s(&self) -> f64 {
+        let s = self.put_elapsed.as_secs_f64();
+        if s > 0.0 {
+            self.puts as f64 / s
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Latency percentiles in µs.
@@ -119,8 +153,111 @@ fn mode(cfg: &Config) -> String {
     format!("{stop}, {rate}")
 }
 
+/// The watch workloads' summary: events, put-to-event latency, the writer's puts.
+fn human_watch(cfg: &Config, m: &Measured, w: &WatchMeasured) -> String {
+    let mut s = String::new();
+    let p = Percentiles::of(&m.hist);
+    let (watchers, per_stream, streams, prefix) =
+        cfg.watch.as_ref().map_or((0, 0, 0, false), |w| (w.watchers, w.per_stream, w.streams(), w.prefix));
+    let stop = match cfg.stop {
+        Stop::Total(n) => format!("{n} puts"),
+        Stop::Duration(d) => format!("{:.1} s", d.as_secs_f64()),
+    };
+    let pace = match cfg.rate {
+        Some(r) => format!("paced at {r} puts/s"),
+        None => "closed loop".into(),
+    };
+    let _ = writeln!(
+        s,
+        "Summary: {}, {} on {} ({per_stream} per stream) over {} conns, {} thread(s); one writer, {stop}, \
+         {pace}",
+        cfg.workload.name(),
+        counted(watchers, "watcher"),
+        counted(streams, "stream"),
+        cfg.conns,
+        cfg.threads,
+    );
+    let what = if prefix {
+        format!("the key space's prefix ({} keys of {} bytes)", cfg.key_space_size, cfg.key_size)
+    } else {
+        format!("one key of {} bytes", cfg.key_size)
+    };
+    let _ = writeln!(
+        s,
+        "  Watched:    {what}, {}-byte values; setup {:.2} s (untimed)",
+        cfg.val_size,
+        m.setup.as_secs_f64()
+    );
+    let latency = format!(
+        "  Put-to-event: P50 {} · P90 {} · P99 {} · P99.9 {} · max {}",
+        fmt_us(p.p50),
+        fmt_us(p.p90),
+        fmt_us(p.p99),
+        fmt_us(p.p999),
+        fmt_us(p.max)
+    );
+    let events = format!(
+        "  Events:     {:.1} per second: {} delivered in {:.3} s, {} missing, {} errors",
+        m.qps(),
+        m.total,
+        m.duration_s(),
+        w.missing,
+        m.error_count()
+    );
+    if cfg.workload == Workload::WatchFanout {
+        let _ = writeln!(s, "{events}\n{latency}");
+    } else {
+        let _ = writeln!(s, "{latency}\n{events}");
+    }
+    let pp = Percentiles::of(&w.put_hist);
+    let _ = writeln!(
+        s,
+        "  Puts:       {:.1} per second: {} ({} ok) in {:.3} s; put latency P50 {} · P99 {}",
+        w.puts_per_s(),
+        w.puts,
+        w.puts_ok,
+        w.put_elapsed.as_secs_f64(),
+        fmt_us(pp.p50),
+        fmt_us(pp.p99)
+    );
+    let server = m.server_cpu_us_per_req().map_or_else(|| "n/a (--server-pid)".to_string(), |v| format!("{v:.2} µs"));
+    let _ = writeln!(s, "  CPU per event: client {:.2} µs · server {server}", m.client_cpu_us_per_req());
+    push_histogram(&mut s, &m.hist, "Put-to-event latency histogram (every delivered event)");
+    push_errors(&mut s, m);
+    s
+}
+
+/// `1 watcher`, `2 watchers`.
+fn counted(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+fn push_histogram(s: &mut String, h: &Histogram<u64>, title: &str) {
+    let rows = histogram_rows(h);
+    if !rows.is_empty() {
+        let _ = writeln!(s, "\n{title}:");
+        let peak = rows.iter().map(|r| r.1).max().unwrap_or(1).max(1);
+        for (upper_ns, count) in rows {
+            let bar = "∎".repeat((count * BAR_CHARS_MAX).div_ceil(peak) as usize);
+            let _ = writeln!(s, "  ≤ {:>11}  {count:>10}  {bar}", fmt_us(upper_ns as f64 / 1000.0));
+        }
+    }
+}
+
+fn push_errors(s: &mut String, m: &Measured) {
+    if !m.errors.is_empty() {
+        let _ = writeln!(s, "\nErrors:");
+        for (msg, n) in &m.errors {
+            let _ = writeln!(s, "  {n:>10}  {msg}");
+        }
+    }
+}
+
 /// The human summary.
 pub fn human(cfg: &Config, m: &Measured) -> String {
+    if let Some(w) = &m.watch {
+        return human_watch(cfg, m, w);
+    }
     let mut s = String::new();
     let p = Percentiles::of(&m.hist);
     let workload = match cfg.workload {
@@ -167,21 +304,16 @@ pub fn human(cfg: &Config, m: &Measured) -> String {
     if m.conflicts > 0 {
         let _ = writeln!(s, "  Conflicts:  {} txn compares failed (the key changed after it was read)", m.conflicts);
     }
-    let rows = histogram_rows(&m.hist);
-    if !rows.is_empty() {
-        let _ = writeln!(s, "\nLatency histogram (answered operations):");
-        let peak = rows.iter().map(|r| r.1).max().unwrap_or(1).max(1);
-        for (upper_ns, count) in rows {
-            let bar = "∎".repeat((count * BAR_CHARS_MAX).div_ceil(peak) as usize);
-            let _ = writeln!(s, "  ≤ {:>11}  {count:>10}  {bar}", fmt_us(upper_ns as f64 / 1000.0));
-        }
+    if cfg.workload == Workload::LeaseKeepAlive {
+        let _ = writeln!(
+            s,
+            "  Leases:     one per client, TTL {} s, granted in the setup ({:.2} s, untimed), revoked after",
+            cfg.lease_ttl,
+            m.setup.as_secs_f64()
+        );
     }
-    if !m.errors.is_empty() {
-        let _ = writeln!(s, "\nErrors:");
-        for (msg, n) in &m.errors {
-            let _ = writeln!(s, "  {n:>10}  {msg}");
-        }
-    }
+    push_histogram(&mut s, &m.hist, "Latency histogram (answered operations)");
+    push_errors(&mut s, m);
     s
 }
 
@@ -284,6 +416,37 @@ pub fn json(cfg: &Config, m: &Measured) -> String {
         cfg.sequential_keys,
         json_str(if cfg.serializable { "s" } else { "l" })
     );
+    let _ = write!(s, ",\"setup_s\":{:.3}", m.setup.as_secs_f64());
+    if let (Some(wc), Some(w)) = (&cfg.watch, &m.watch) {
+        let pp = Percentiles::of(&w.put_hist);
+        let _ = write!(
+            s,
+            ",\"watchers\":{},\"watchers_per_stream\":{},\"streams\":{},\"watch_prefix\":{}",
+            wc.watchers,
+            wc.per_stream,
+            wc.streams(),
+            wc.prefix
+        );
+        let _ = write!(
+            s,
+            ",\"events\":{},\"events_per_s\":{},\"missing_events\":{}",
+            m.total,
+            json_f64(m.qps()),
+            w.missing
+        );
+        let _ = write!(
+            s,
+            ",\"puts\":{},\"puts_ok\":{},\"puts_per_s\":{},\"put_p50_us\":{},\"put_p99_us\":{}",
+            w.puts,
+            w.puts_ok,
+            json_f64(w.puts_per_s()),
+            json_f64(pp.p50),
+            json_f64(pp.p99)
+        );
+    }
+    if cfg.workload == Workload::LeaseKeepAlive {
+        let _ = write!(s, ",\"lease_ttl\":{}", cfg.lease_ttl);
+    }
     s.push('}');
     s
 }
@@ -408,7 +571,76 @@ mod tests {
             client_cpu_us: 7000,
             server_cpu_us: Some(100_000),
             prefill: Some((100, Duration::from_millis(20))),
+            setup: Duration::from_millis(30),
+            watch: None,
         }
+    }
+
+    fn watch_measured() -> Measured {
+        let mut m = measured();
+        m.conflicts = 0;
+        m.calls = 100;
+        m.watch = Some(WatchMeasured {
+            puts: 100,
+            puts_ok: 99,
+            put_elapsed: Duration::from_millis(250),
+            put_hist: hist([800, 900, 1000]),
+            missing: 10,
+        });
+        m
+    }
+
+    #[test]
+    fn watch_summaries_lead_with_their_figure() {
+        let Ok(Command::Run(cfg)) =
+            parse(["watch-latency", "--watchers", "10", "--watchers-per-stream", "5", "--conns", "2"])
+        else {
+            panic!()
+        };
+        let m = watch_measured();
+        let h = human(&cfg, &m);
+        for want in [
+            "watch-latency, 10 watchers on 2 streams (5 per stream) over 2 conns",
+            "one writer, 1000 puts, closed loop",
+            "one key of 8 bytes, 256-byte values",
+            "Put-to-event: P50 500.",
+            "Events:     2000.0 per second: 1000 delivered in 0.500 s, 10 missing, 3 errors",
+            "Puts:       400.0 per second: 100 (99 ok) in 0.250 s; put latency P50 900.",
+            "CPU per event: client 7.00 µs · server 100.00 µs",
+            "Put-to-event latency histogram",
+        ] {
+            assert!(h.contains(want), "{want} missing from:\n{h}");
+        }
+        assert!(h.find("Put-to-event: P50").unwrap() < h.find("Events:").unwrap(), "latency first:\n{h}");
+        let Ok(Command::Run(fan)) = parse(["watch-fanout", "--rate", "50", "--watch-prefix"]) else { panic!() };
+        let h = human(&fan, &m);
+        assert!(h.find("Events:").unwrap() < h.find("Put-to-event: P50").unwrap(), "events first:\n{h}");
+        assert!(h.contains("1000 watchers on 1000 streams") && h.contains("paced at 50 puts/s"), "{h}");
+        assert!(h.contains("the key space's prefix (10000 keys of 8 bytes)"), "{h}");
+        assert_eq!(counted(1, "watcher"), "1 watcher");
+        let j = json(&cfg, &m);
+        for want in [
+            "\"workload\":\"watch-latency\"",
+            "\"clients\":2",
+            "\"qps\":2000.00",
+            "\"watchers\":10,\"watchers_per_stream\":5,\"streams\":2,\"watch_prefix\":false",
+            "\"events\":1000,\"events_per_s\":2000.00,\"missing_events\":10",
+            "\"puts\":100,\"puts_ok\":99,\"puts_per_s\":400.00,\"put_p50_us\":900.",
+            "\"setup_s\":0.030",
+        ] {
+            assert!(j.contains(want), "{want} missing from {j}");
+        }
+        assert!(!j.contains("lease_ttl"), "{j}");
+    }
+
+    #[test]
+    fn lease_keepalive_reports_its_ttl() {
+        let Ok(Command::Run(cfg)) = parse(["lease-keepalive", "--lease-ttl", "30"]) else { panic!() };
+        let j = json(&cfg, &measured());
+        assert!(j.contains("\"workload\":\"lease-keepalive\"") && j.contains("\"lease_ttl\":30"), "{j}");
+        assert!(!j.contains("watchers"), "{j}");
+        let h = human(&cfg, &measured());
+        assert!(h.contains("Leases:     one per client, TTL 30 s"), "{h}");
     }
 
     #[test]

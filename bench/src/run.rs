@@ -14,23 +14,28 @@
 //! (so the timer's ~1 ms granularity is not charged to the server); a client that takes an
 //! operation after its due time (every client was busy) sends at once and measures from the due
 //! time, so the queueing that a slow server causes is counted, not omitted.
+//!
+//! The watch workloads plan their streams as clients (stream i on connection i mod conns) and
+//! run as `watch.rs` describes; lease-keepalive's clients grant their leases in the untimed
+//! setup and revoke them after the main thread has taken its final CPU readings.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tokio::task::LocalSet;
 
-use crate::args::{Config, Stop};
+use crate::args::{Config, Stop, Workload};
 use crate::cpu;
 use crate::grpc;
 use crate::keys::KeyPicker;
-use crate::report::{self, Measured};
+use crate::report::{self, Measured, WatchMeasured};
+use crate::watch::{self, WriterOut};
 use crate::workload::{Client, Done, Shapes, Uris};
 
 /// How often the progress line is redrawn.
@@ -43,7 +48,7 @@ const HISTOGRAM_SIGFIG: u8 = 3;
 /// Fixed bounds: recording never allocates (~260 KiB per histogram).
 const LATENCY_NS_MAX: u64 = 3600 * 1_000_000_000;
 
-fn histogram() -> Result<Histogram<u64>, String> {
+pub fn histogram() -> Result<Histogram<u64>, String> {
     Histogram::new_with_bounds(1, LATENCY_NS_MAX, HISTOGRAM_SIGFIG).map_err(|e| format!("histogram: {e}"))
 }
 
@@ -84,7 +89,7 @@ pub fn share(total: u64, clients_before: usize, clients_here: usize, clients: us
 #[derive(Default)]
 struct Counter(AtomicU64);
 
-struct Shared {
+pub struct Shared {
     ready: Barrier,
     go: Barrier,
     start: OnceLock<Instant>,
@@ -92,6 +97,10 @@ struct Shared {
     finished: Vec<Counter>,
     errors: Vec<Counter>,
     threads_done: AtomicUsize,
+    /// Watch workloads: (puts that succeeded, when the last put ended), set once by the writer.
+    pub writer_done: OnceLock<(u64, Instant)>,
+    /// The main thread has taken its final CPU readings: cleanup may start.
+    measured: AtomicBool,
 }
 
 impl Shared {
@@ -114,41 +123,57 @@ struct ThreadOut {
     conflicts: u64,
     calls: u64,
     last_done: Option<Instant>,
+    /// Watch workloads: events this thread's watchers never had.
+    missing: u64,
+    /// Watch workloads, thread 0: the writer's figures.
+    writer: Option<WriterOut>,
 }
 
 /// One thread's run state, shared by its clients (single-threaded: `Cell`/`RefCell`).
-struct Local {
+pub struct Local {
     index: usize,
     threads: usize,
-    start: Instant,
+    pub start: Instant,
     /// Next operation number of this thread, counted from 0; `limit` ends it in total mode.
     next: Cell<u64>,
-    limit: Option<u64>,
+    pub limit: Option<u64>,
     /// Sequential keys: the thread's first operation's number in the whole run (total mode).
     first_op: Option<u64>,
-    end: Option<Instant>,
+    pub end: Option<Instant>,
     /// Seconds between due times (open loop).
-    interval_s: Option<f64>,
-    hist: RefCell<Histogram<u64>>,
+    pub interval_s: Option<f64>,
+    pub hist: RefCell<Histogram<u64>>,
     errors: RefCell<HashMap<String, u64>>,
     finished: Cell<u64>,
     error_count: Cell<u64>,
     conflicts: Cell<u64>,
     last_done: Cell<Option<Instant>>,
-    shared: Arc<Shared>,
+    pub shared: Arc<Shared>,
 }
 
 impl Local {
-    fn record_error(&self, msg: &str) {
+    pub fn record_error(&self, msg: &str) {
+        self.record_errors(msg, 1);
+    }
+
+    /// Counts `n` errors with the text `msg`.
+    pub fn record_errors(&self, msg: &str, n: u64) {
         let mut errors = self.errors.borrow_mut();
         match errors.get_mut(msg) {
-            Some(n) => *n += 1,
+            Some(count) => *count += n,
             None => {
-                errors.insert(msg.to_string(), 1);
+                errors.insert(msg.to_string(), n);
             }
         }
-        self.error_count.set(self.error_count.get() + 1);
+        self.error_count.set(self.error_count.get() + n);
         self.shared.errors[self.index].0.store(self.error_count.get(), Ordering::Relaxed);
+    }
+
+    /// Counts `n` operations (watch: events) finished at `at`.
+    pub fn add_finished(&self, n: u64, at: Instant) {
+        self.finished.set(self.finished.get() + n);
+        self.shared.finished[self.index].0.store(self.finished.get(), Ordering::Relaxed);
+        self.last_done.set(Some(at));
     }
 
     /// The number that picks a sequential key: the operation's place in the whole run (total
@@ -161,7 +186,7 @@ impl Local {
     }
 }
 
-async fn client_loop(local: Rc<Local>, mut client: Client) -> u64 {
+async fn client_loop(local: Rc<Local>, mut client: Client) -> Client {
     loop {
         let k = local.next.get();
         if local.limit.is_some_and(|limit| k >= limit) {
@@ -204,14 +229,12 @@ async fn client_loop(local: Rc<Local>, mut client: Client) -> u64 {
             Ok(Done::Conflict) => local.conflicts.set(local.conflicts.get() + 1),
             Err(e) => local.record_error(e.message()),
         }
-        local.finished.set(local.finished.get() + 1);
-        local.shared.finished[local.index].0.store(local.finished.get(), Ordering::Relaxed);
-        local.last_done.set(Some(done));
+        local.add_finished(1, done);
         if result.as_ref().is_err_and(|e| e.is_fatal()) {
             break;
         }
     }
-    client.calls
+    client
 }
 
 /// Connects this thread's connections and builds its clients (on `local`).
@@ -259,27 +282,78 @@ async fn prefill(cfg: &Config, clients: Vec<(usize, Client)>) -> Result<Vec<(usi
     Ok(out)
 }
 
+/// Grants every client's lease (lease-keepalive), concurrently, untimed.
+async fn grant_leases(cfg: &Config, clients: Vec<(usize, Client)>) -> Result<Vec<(usize, Client)>, String> {
+    let ttl = cfg.lease_ttl;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|(id, mut client)| {
+            tokio::task::spawn_local(async move {
+                client.grant_lease(ttl).await?;
+                Ok::<_, String>((id, client))
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.map_err(|e| format!("lease grant task: {e}"))??);
+    }
+    Ok(out)
+}
+
+/// What a thread runs: request loops, or watch streams and perhaps the writer.
+enum Jobs {
+    Clients(Vec<(usize, Client)>),
+    Watch(Box<watch::Prepared>),
+}
+
 struct Prepared {
     rt: tokio::runtime::Runtime,
     set: LocalSet,
-    clients: Vec<(usize, Client)>,
+    jobs: Jobs,
 }
 
-fn prepare(cfg: &Config, plan: &ThreadPlan) -> Result<Prepared, String> {
+fn prepare(cfg: &Config, plan: &ThreadPlan, index: usize) -> Result<Prepared, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
     let set = LocalSet::new();
-    let clients = set.block_on(&rt, async {
-        let clients = connect_all(cfg, plan).await?;
-        if cfg.prefill {
-            prefill(cfg, clients).await
-        } else {
-            Ok(clients)
+    let jobs = set.block_on(&rt, async {
+        if cfg.watch.is_some() {
+            return watch::prepare(cfg, plan, index).await.map(|w| Jobs::Watch(Box::new(w)));
         }
+        let clients = connect_all(cfg, plan).await?;
+        let clients = if cfg.prefill { prefill(cfg, clients).await? } else { clients };
+        let clients =
+            if cfg.workload == Workload::LeaseKeepAlive { grant_leases(cfg, clients).await? } else { clients };
+        Ok::<_, String>(Jobs::Clients(clients))
     })?;
-    Ok(Prepared { rt, set, clients })
+    Ok(Prepared { rt, set, jobs })
+}
+
+/// Runs a thread's request loops; returns the clients, for cleanup.
+async fn run_clients(local: &Rc<Local>, clients: Vec<(usize, Client)>) -> Result<Vec<Client>, String> {
+    let tasks: Vec<_> =
+        clients.into_iter().map(|(_, c)| tokio::task::spawn_local(client_loop(local.clone(), c))).collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.map_err(|e| format!("client task: {e}"))?);
+    }
+    Ok(out)
+}
+
+/// lease-keepalive, after the main thread's final CPU readings: revokes every lease, untimed.
+async fn revoke_leases(local: &Local, clients: Vec<Client>) {
+    let tasks: Vec<_> =
+        clients.into_iter().map(|mut c| tokio::task::spawn_local(async move { c.revoke_lease().await })).collect();
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => local.record_error(&e),
+            Err(e) => local.record_error(&format!("lease revoke task: {e}")),
+        }
+    }
 }
 
 fn worker(
@@ -289,13 +363,13 @@ fn worker(
     clients_before: usize,
     shared: Arc<Shared>,
 ) -> Result<ThreadOut, String> {
-    let prepared = prepare(&cfg, &plan);
+    let prepared = prepare(&cfg, &plan, index);
     if let Err(e) = &prepared {
         shared.fail(e.clone());
     }
     shared.ready.wait();
     shared.go.wait();
-    let Prepared { rt, set, mut clients } = prepared?;
+    let Prepared { rt, set, mut jobs } = prepared?;
     if let Some(e) = shared.error() {
         return Err(e);
     }
@@ -303,11 +377,18 @@ fn worker(
     let here = plan.clients();
     let share_of = |x: f64| x * here as f64 / cfg.clients as f64;
     let (limit, first_op, end) = match cfg.stop {
+        // The watch workloads' one writer makes every put.
+        Stop::Total(total) if cfg.watch.is_some() => (Some(total), Some(0), None),
         Stop::Total(total) => {
             let (a, b) = share(total, clients_before, here, cfg.clients);
             (Some(b - a), Some(a), None)
         }
         Stop::Duration(d) => (None, None, Some(start + d)),
+    };
+    let interval_s = match (&cfg.watch, cfg.rate) {
+        (Some(_), Some(r)) => Some(1.0 / r),
+        (None, Some(r)) => Some(1.0 / share_of(r)),
+        (_, None) => None,
     };
     let local = Rc::new(Local {
         index,
@@ -317,7 +398,7 @@ fn worker(
         limit,
         first_op,
         end,
-        interval_s: cfg.rate.map(|r| 1.0 / share_of(r)),
+        interval_s,
         hist: RefCell::new(histogram()?),
         errors: RefCell::new(HashMap::new()),
         finished: Cell::new(0),
@@ -326,20 +407,35 @@ fn worker(
         last_done: Cell::new(None),
         shared: shared.clone(),
     });
-    // Prefill calls are not the run's.
-    for (_, c) in &mut clients {
-        c.calls = 0;
-    }
-    let calls = set.block_on(&rt, async {
-        let tasks: Vec<_> =
-            clients.into_iter().map(|(_, c)| tokio::task::spawn_local(client_loop(local.clone(), c))).collect();
-        let mut calls = 0;
-        for t in tasks {
-            calls += t.await.map_err(|e| format!("client task: {e}"))?;
+    // Prefill and setup calls are not the run's.
+    if let Jobs::Clients(clients) = &mut jobs {
+        for (_, c) in clients.iter_mut() {
+            c.calls = 0;
         }
-        Ok::<_, String>(calls)
-    })?;
+    }
+    let ran = set.block_on(&rt, async {
+        match jobs {
+            Jobs::Clients(clients) => run_clients(&local, clients).await.map(|c| (c, 0, None)),
+            Jobs::Watch(w) => {
+                let watch = cfg.watch.as_ref().ok_or("not a watch workload")?;
+                watch::run(local.clone(), *w, watch).await.map(|(missing, writer)| (Vec::new(), missing, writer))
+            }
+        }
+    });
+    // Counted whatever happened, so that the main thread stops waiting.
     shared.threads_done.fetch_add(1, Ordering::SeqCst);
+    let (clients, missing, writer) = ran?;
+    let calls = match &writer {
+        Some(w) => w.puts,
+        None => clients.iter().map(|c| c.calls).sum(),
+    };
+    if cfg.workload == Workload::LeaseKeepAlive {
+        while !shared.measured.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Its failures are errors of the run, though untimed.
+        set.block_on(&rt, revoke_leases(&local, clients));
+    }
     let out = ThreadOut {
         hist: local.hist.borrow().clone(),
         errors: local.errors.borrow().clone(),
@@ -347,6 +443,8 @@ fn worker(
         conflicts: local.conflicts.get(),
         calls,
         last_done: local.last_done.get(),
+        missing,
+        writer,
     };
     drop(set);
     drop(rt);
@@ -371,6 +469,8 @@ pub fn run(cfg: Config) -> Result<Measured, String> {
         finished: (0..threads).map(|_| Counter::default()).collect(),
         errors: (0..threads).map(|_| Counter::default()).collect(),
         threads_done: AtomicUsize::new(0),
+        writer_done: OnceLock::new(),
+        measured: AtomicBool::new(false),
     });
     let setup_started = Instant::now();
     let mut handles = Vec::new();
@@ -421,8 +521,10 @@ pub fn run(cfg: Config) -> Result<Measured, String> {
             let errors: u64 = shared.errors.iter().map(|c| c.0.load(Ordering::Relaxed)).sum();
             let now = Instant::now();
             let rate = (ops - last_draw.1) as f64 / now.duration_since(last_draw.0).as_secs_f64();
+            // Watch: operations are events, one per watcher for each put.
+            let per_put = cfg.watch.as_ref().map_or(1, |w| w.watchers) as f64;
             let done = match cfg.stop {
-                Stop::Total(t) => ops as f64 / t as f64,
+                Stop::Total(t) => ops as f64 / (t as f64 * per_put),
                 Stop::Duration(d) => start.elapsed().as_secs_f64() / d.as_secs_f64(),
             };
             let mut err = std::io::stderr().lock();
@@ -433,6 +535,7 @@ pub fn run(cfg: Config) -> Result<Measured, String> {
     }
     let client1 = cpu::self_cpu_us();
     let server1 = cfg.server_pid.map(cpu::process_cpu_us).transpose();
+    shared.measured.store(true, Ordering::SeqCst);
     if progress {
         let _ = std::io::stderr().write_all(b"\r\x1b[K");
     }
@@ -440,6 +543,7 @@ pub fn run(cfg: Config) -> Result<Measured, String> {
     let mut hist = histogram()?;
     let mut errors = BTreeMap::new();
     let (mut total, mut conflicts, mut calls, mut last) = (0, 0, 0, None::<Instant>);
+    let (mut missing, mut writer) = (0, None);
     for h in handles {
         let out = h.join().map_err(|_| "a worker thread panicked".to_string())??;
         hist.add(&out.hist).map_err(|e| format!("histogram: {e:?}"))?;
@@ -450,7 +554,20 @@ pub fn run(cfg: Config) -> Result<Measured, String> {
         conflicts += out.conflicts;
         calls += out.calls;
         last = last.max(out.last_done);
+        missing += out.missing;
+        writer = writer.or(out.writer);
     }
+    let watch = match (&cfg.watch, writer) {
+        (Some(_), Some(w)) => Some(WatchMeasured {
+            puts: w.puts,
+            puts_ok: w.ok,
+            put_elapsed: w.last_done.map_or(Duration::ZERO, |l| l.saturating_duration_since(start)),
+            put_hist: w.hist,
+            missing,
+        }),
+        (Some(_), None) => return Err("the writer's thread returned no figures".into()),
+        (None, _) => None,
+    };
     let elapsed = last.map_or_else(|| start.elapsed(), |l| l.saturating_duration_since(start));
     let server_cpu_us = match (server0, server1?) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
@@ -466,6 +583,8 @@ pub fn run(cfg: Config) -> Result<Measured, String> {
         client_cpu_us: client1.saturating_sub(client0),
         server_cpu_us,
         prefill: cfg.prefill.then_some((cfg.key_space_size, setup)),
+        setup,
+        watch,
     })
 }
 

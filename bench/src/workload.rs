@@ -2,6 +2,8 @@
 //! is a template (the framed message with a placeholder key) that each operation copies into a
 //! reused buffer and patches with its key; only the txn of `txn-put`, whose compared revision
 //! changes length, is encoded per operation, from a message kept per client and mutated in place.
+//! lease-keepalive's clients each carry their [`Lease`]; the watch workloads are not request
+//! loops and live in `watch.rs`.
 
 use std::rc::Rc;
 
@@ -15,6 +17,7 @@ use prost::Message;
 use crate::args::{Config, Workload};
 use crate::grpc::{self, CallError, Sender};
 use crate::keys::{self, KeyPicker};
+use crate::lease::{self, Lease};
 
 pub const PATH_PUT: &str = "/etcdserverpb.KV/Put";
 pub const PATH_RANGE: &str = "/etcdserverpb.KV/Range";
@@ -123,6 +126,9 @@ pub struct Uris {
     range: Uri,
     txn: Uri,
     null: Uri,
+    pub lease_grant: Uri,
+    pub lease_keepalive: Uri,
+    pub lease_revoke: Uri,
 }
 
 impl Uris {
@@ -132,6 +138,9 @@ impl Uris {
             range: grpc::uri(authority, PATH_RANGE)?,
             txn: grpc::uri(authority, PATH_TXN)?,
             null: grpc::uri(authority, PATH_NULL)?,
+            lease_grant: grpc::uri(authority, lease::PATH_LEASE_GRANT)?,
+            lease_keepalive: grpc::uri(authority, lease::PATH_LEASE_KEEPALIVE)?,
+            lease_revoke: grpc::uri(authority, lease::PATH_LEASE_REVOKE)?,
         })
     }
 }
@@ -153,14 +162,30 @@ pub struct Client {
     out: Vec<u8>,
     txn: TxnRequest,
     pub picker: KeyPicker,
-    /// gRPC calls made (txn-put makes two per operation).
+    /// gRPC calls made (txn-put makes two per operation; a keep-alive counts as one).
     pub calls: u64,
+    /// lease-keepalive: this client's lease, once granted.
+    lease: Option<Lease>,
 }
 
 impl Client {
     pub fn new(send: Sender, uris: Rc<Uris>, shapes: Rc<Shapes>, picker: KeyPicker) -> Self {
         let txn = shapes.txn();
-        Client { send, uris, shapes, pool: BytesMut::new(), out: Vec::new(), txn, picker, calls: 0 }
+        Client { send, uris, shapes, pool: BytesMut::new(), out: Vec::new(), txn, picker, calls: 0, lease: None }
+    }
+
+    /// lease-keepalive's untimed setup: grants this client's lease and opens its stream.
+    pub async fn grant_lease(&mut self, ttl: i64) -> Result<(), String> {
+        self.lease = Some(Lease::grant(&mut self.send, &self.uris, ttl).await?);
+        Ok(())
+    }
+
+    /// Revokes the client's lease, if it has one (untimed, after the run).
+    pub async fn revoke_lease(&mut self) -> Result<(), String> {
+        match self.lease.take() {
+            Some(l) => l.revoke(&mut self.send, &self.uris).await,
+            None => Ok(()),
+        }
     }
 
     async fn call(&mut self, which: Path, body: Bytes) -> Result<(), CallError> {
@@ -232,6 +257,16 @@ impl Client {
                 } else {
                     self.txn_put(k).await
                 }
+            }
+            Workload::LeaseKeepAlive => {
+                let Some(lease) = self.lease.as_mut() else {
+                    return Err(CallError::Ended("no lease granted".into()));
+                };
+                self.calls += 1;
+                lease.keepalive().await.map(|()| Done::Ok)
+            }
+            Workload::WatchLatency | Workload::WatchFanout => {
+                Err(CallError::Ended("the watch workloads are not request loops".into()))
             }
         }
     }

@@ -4,7 +4,10 @@
 //! line; `null` must report the server's UNIMPLEMENTED (the server answers the Bench service
 //! only behind a flag this test does not give). An open-loop run checks that `--rate` and
 //! `--duration` bound the number of operations. It guards against a client that only agrees with
-//! itself, and against a report that prints numbers for requests that failed.
+//! itself, and against a report that prints numbers for requests that failed. The streaming
+//! workloads (watch-latency, watch-fanout, lease-keepalive) run briefly too: every watcher gets
+//! every put's event (events = watchers × puts, none missing), every keep-alive is answered,
+//! with no errors and latencies in order.
 //!
 //! The server binary belongs to another package, so `CARGO_BIN_EXE_metastore` does not exist
 //! here: the test uses `target/debug/metastore` under the workspace root (or under
@@ -155,6 +158,22 @@ fn errors(json: &str) -> &str {
     &json[at..at + json[at..].find('}').expect("errors object closes")]
 }
 
+/// A counter from the server's `/metrics` (HTTP/1.1, read to the end of the body).
+fn metric(url: &str, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 const OPS: &str = "1000";
 
 #[test]
@@ -261,11 +280,124 @@ fn open_loop_rate_and_duration_bound_the_run() {
     srv.stop();
 }
 
+/// The watch workloads: one key and a prefix, several watchers per stream, closed loop and
+/// paced; then lease-keepalive. Every event arrives (a missing one is an error), and the figures
+/// agree with each other.
+#[test]
+fn streaming_workloads_against_metastore() {
+    let srv = Server::start("streams");
+    let pid = srv.pid().to_string();
+    let common = ["--endpoints", &srv.url, "--server-pid", &pid, "--json", "--no-progress"];
+    let cases: [(&[&str], f64); 3] = [
+        (&["watch-latency", "--watchers", "20", "--watchers-per-stream", "5", "--conns", "2", "--total", "200"], 20.0),
+        (
+            &[
+                "watch-fanout",
+                "--watchers",
+                "300",
+                "--watchers-per-stream",
+                "10",
+                "--conns",
+                "3",
+                "--rate",
+                "200",
+                "--duration",
+                "1s",
+            ],
+            300.0,
+        ),
+        (
+            &[
+                "watch-latency",
+                "--watch-prefix",
+                "--key-space-size",
+                "100",
+                "--watchers",
+                "4",
+                "--conns",
+                "2",
+                "--total",
+                "300",
+                "--sequential-keys",
+            ],
+            4.0,
+        ),
+    ];
+    for (case, watchers) in cases {
+        let (_, json) = bench(&[case, &common[..]].concat());
+        eprintln!("{case:?}: {json}");
+        assert!(json.contains(&format!("\"workload\":\"{}\"", case[0])), "{json}");
+        assert_eq!(errors(&json), "", "{case:?} reported errors: {json}");
+        assert_eq!(num(&json, "watchers"), watchers, "{json}");
+        assert_eq!(num(&json, "missing_events"), 0.0, "{json}");
+        let puts = num(&json, "puts");
+        assert_eq!(num(&json, "puts_ok"), puts, "{json}");
+        assert_eq!(num(&json, "calls"), puts, "{json}");
+        if case.contains(&"--total") {
+            assert_eq!(puts, num(&json, "total") / watchers, "{json}");
+            assert_eq!(puts, case[case.iter().position(|a| *a == "--total").unwrap() + 1].parse().unwrap());
+        } else {
+            assert!((150.0..=201.0).contains(&puts), "200 puts/s for 1 s: {json}");
+        }
+        assert_eq!(num(&json, "events"), puts * watchers, "every watcher gets every put: {json}");
+        assert_eq!(num(&json, "total"), num(&json, "events"), "{json}");
+        assert!(num(&json, "events_per_s") > 0.0 && num(&json, "events_per_s") == num(&json, "qps"), "{json}");
+        assert!(num(&json, "puts_per_s") > 0.0, "{json}");
+        assert!(num(&json, "client_cpu_us_per_req") > 0.0, "{json}");
+        assert!(num(&json, "server_cpu_us_per_req") >= 0.0, "{json}");
+        let p50 = num(&json, "p50_us");
+        assert!(p50 > 0.0 && p50 <= num(&json, "p99_us") && num(&json, "p99_us") <= num(&json, "max_us"), "{json}");
+        // Put-to-event on loopback: well under a second at these rates.
+        assert!(p50 < 1_000_000.0, "{json}");
+        assert!(num(&json, "put_p50_us") > 0.0, "{json}");
+    }
+    // The summary of watch-fanout leads with events per second.
+    let (stdout, _) = bench(&[
+        "watch-fanout",
+        "--endpoints",
+        &srv.url,
+        "--watchers",
+        "10",
+        "--total",
+        "50",
+        "--server-pid",
+        &pid,
+        "--no-progress",
+    ]);
+    for want in ["Summary: watch-fanout, 10 watchers", "Events:", "Put-to-event: P50", "Puts:", "CPU per event"] {
+        assert!(stdout.contains(want), "{want} missing from the summary:\n{stdout}");
+    }
+    assert!(stdout.find("Events:").unwrap() < stdout.find("Put-to-event: P50").unwrap(), "{stdout}");
+
+    let (_, json) = bench(
+        &[&["lease-keepalive", "--conns", "2", "--clients", "8", "--total", OPS, "--lease-ttl", "30"], &common[..]]
+            .concat(),
+    );
+    eprintln!("lease-keepalive: {json}");
+    assert_eq!(errors(&json), "", "{json}");
+    assert_eq!(num(&json, "total"), 1000.0, "{json}");
+    assert_eq!(num(&json, "calls"), 1000.0, "one keep-alive per operation: {json}");
+    assert_eq!(num(&json, "lease_ttl"), 30.0, "{json}");
+    assert!(num(&json, "qps") > 0.0 && num(&json, "client_cpu_us_per_req") > 0.0, "{json}");
+    let p50 = num(&json, "p50_us");
+    assert!(p50 > 0.0 && p50 <= num(&json, "p99_us") && num(&json, "p99_us") <= num(&json, "max_us"), "{json}");
+    // Every lease granted was revoked after the run (none is left to expire later).
+    let granted = metric(&srv.url, "etcd_debugging_lease_granted_total");
+    assert_eq!(granted, 8.0, "one lease per client");
+    assert_eq!(metric(&srv.url, "etcd_debugging_lease_revoked_total"), granted);
+    assert!(metric(&srv.url, "etcd_debugging_lease_renewed_total") >= 1000.0);
+    srv.stop();
+}
+
 #[test]
 fn unreachable_server_and_bad_flags_fail_with_a_reason() {
     let out = Command::new(env!("CARGO_BIN_EXE_metastore-bench")).args(["put", "--conns", "0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--conns"));
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_metastore-bench")).args(["watch-latency", "--clients", "2"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--clients does not apply"), "{out:?}");
     // Port 1 on loopback: nothing listens there.
     let out = Command::new(env!("CARGO_BIN_EXE_metastore-bench"))
         .args(["put", "--endpoints", "http://127.0.0.1:1", "--no-progress"])
