@@ -175,6 +175,11 @@ pub struct WatchHub {
     /// The newest revision this core has seen applied (by a batch or a history answer): every
     /// synced watcher here has been sent all its events up to it.
     known_rev: i64,
+    /// The revision up to which this core has received every batch, in order (0: none yet).
+    contiguous: i64,
+    /// Single-key watchers by key, and the range watchers: who a batch's events can concern.
+    by_key: HashMap<Vec<u8>, Vec<(CallRef, i64)>>,
+    ranged: Vec<(CallRef, i64)>,
     ids: Ids,
     /// `--max-request-bytes` + gRPC overhead: above this a response may be fragmented.
     fragment_bytes: usize,
@@ -202,6 +207,9 @@ impl WatchHub {
             streams: HashMap::new(),
             fetches: VecDeque::new(),
             known_rev: 0,
+            contiguous: 0,
+            by_key: HashMap::new(),
+            ranged: Vec::new(),
             ids: Ids { cluster_id: 0, member_id: 0, raft_term: 0 },
             fragment_bytes,
             progress_interval,
@@ -301,6 +309,11 @@ impl WatchHub {
             state: State::Creating,
             last_sent: Instant::now(),
         };
+        if w.range_end.is_empty() {
+            self.by_key.entry(w.key.clone()).or_default().push((call, id));
+        } else {
+            self.ranged.push((call, id));
+        }
         self.watchers.insert((call, id), w);
         self.counted();
         self.fetches.push_back((call, id));
@@ -371,8 +384,8 @@ impl WatchHub {
         w.next_rev = r.next_rev;
         if backlog > BACKLOG_BYTES_MAX {
             w.state = State::Slow;
-        } else if r.next_rev <= r.current_rev {
-            // More history to come.
+        } else if r.next_rev <= r.current_rev || r.next_rev <= self.contiguous {
+            // More history to come (or batches past this answer already went by here).
             w.state = State::Queued;
             self.fetches.push_back((call, r.watch_id));
         } else {
@@ -380,47 +393,86 @@ impl WatchHub {
         }
     }
 
-    /// The shard missed sending this core the batches up to `upto`: the watchers that needed
-    /// them catch up from history.
-    pub fn lagged(&mut self, upto: i64) {
+    /// Where a synced watcher really is: batches with none of its events move it on without
+    /// touching it, so its position is the later of its own and the core's.
+    fn position(w: &Watcher, contiguous: i64) -> i64 {
+        w.next_rev.max(contiguous + 1)
+    }
+
+    /// Synced watchers positioned before `rev` go back to history from where they are.
+    fn unsync_before(&mut self, rev: i64) {
+        let c = self.contiguous;
         for (k, w) in self.watchers.iter_mut() {
-            if w.state == State::Synced && w.next_rev <= upto {
+            if w.state == State::Synced && Self::position(w, c) < rev {
+                w.next_rev = Self::position(w, c);
                 w.state = State::Queued;
                 self.fetches.push_back(*k);
             }
         }
     }
 
-    /// A batch of applied changes: each synced watcher gets the events of its range.
+    /// The shard missed sending this core the batches up to `upto`: the watchers that needed
+    /// them catch up from history.
+    pub fn lagged(&mut self, upto: i64) {
+        self.unsync_before(upto + 1);
+        self.contiguous = self.contiguous.max(upto);
+    }
+
+    /// A batch of applied changes: each synced watcher gets the events of its range. Only the
+    /// watchers an event can concern are looked at (an index by key for single-key watchers,
+    /// the range watchers scanned), so a batch costs its events times their matches, not the
+    /// number of watchers.
     pub fn batch(&mut self, core: &Core, b: &EventBatch) {
         self.ids = b.ids;
         self.known_rev = self.known_rev.max(b.to_rev);
         if self.watchers.is_empty() {
+            self.contiguous = self.contiguous.max(b.to_rev);
             return;
         }
+        if b.from_rev > self.contiguous + 1 {
+            // Revisions before this batch never reached this core (the first batch, or after a
+            // lag): whoever is positioned before it catches up from history.
+            self.unsync_before(b.from_rev);
+        }
+        let before = self.contiguous;
+        self.contiguous = self.contiguous.max(b.to_rev);
+        // (watcher, event index) pairs, then grouped by watcher; sorted, so that each
+        // connection is looked up once and each watcher's events keep their order.
+        let mut hits: Vec<((CallRef, i64), usize)> = Vec::new();
+        for (i, e) in b.events.iter().enumerate() {
+            if let Some(ws) = self.by_key.get(&e.kv.key[..]) {
+                hits.extend(ws.iter().map(|k| (*k, i)));
+            }
+            for k in &self.ranged {
+                if self.watchers.get(k).is_some_and(|w| w.wants(e)) {
+                    hits.push((*k, i));
+                }
+            }
+        }
+        if hits.is_empty() {
+            return;
+        }
+        hits.sort_unstable();
         let header = Header::full(&b.ids, b.to_rev);
         let mut conn: Option<(u32, u32, Option<Rc<Conn>>)> = None;
         let mut buf = Vec::new();
         let mut picked: Vec<&Event> = Vec::new();
         let now = Instant::now();
-        // Sorted by connection: each connection is looked up once per batch.
-        let mut keys: Vec<(CallRef, i64)> =
-            self.watchers.iter().filter(|(_, w)| w.state == State::Synced).map(|(k, _)| *k).collect();
-        keys.sort_unstable();
-        for k in keys {
+        let mut at = 0;
+        while at < hits.len() {
+            let k = hits[at].0;
+            let end = at + hits[at..].iter().take_while(|(w, _)| *w == k).count();
+            let group = &hits[at..end];
+            at = end;
             let Some(w) = self.watchers.get_mut(&k) else { continue };
-            if b.to_rev < w.next_rev {
+            if w.state != State::Synced {
                 continue;
             }
-            if b.from_rev > w.next_rev {
-                // Revisions between are missing here: history has them.
-                w.state = State::Queued;
-                self.fetches.push_back(k);
-                continue;
-            }
+            let from = Self::position(w, before);
             picked.clear();
-            picked.extend(b.events.iter().filter(|e| e.kv.mod_revision >= w.next_rev && w.wants(e)));
-            w.next_rev = b.to_rev + 1;
+            picked.extend(
+                group.iter().map(|(_, i)| &b.events[*i]).filter(|e| e.kv.mod_revision >= from && w.wants(e)),
+            );
             if picked.is_empty() {
                 continue;
             }
@@ -432,9 +484,10 @@ impl WatchHub {
                 // A client that does not read: this watcher waits and then catches up from
                 // history; nothing more is buffered for it.
                 w.state = State::Slow;
-                w.next_rev = picked[0].kv.mod_revision;
+                w.next_rev = from;
                 continue;
             }
+            w.next_rev = b.to_rev + 1;
             buf.clear();
             let (prev_kv, fragment, bytes) = (w.prev_kv, w.fragment, self.fragment_bytes);
             w.last_sent = now;
@@ -476,8 +529,23 @@ impl WatchHub {
         }
     }
 
+    /// Drops a watcher from the table and the index.
+    fn forget(&mut self, call: CallRef, id: i64) {
+        let Some(w) = self.watchers.remove(&(call, id)) else { return };
+        if w.range_end.is_empty() {
+            if let Some(ws) = self.by_key.get_mut(&w.key) {
+                ws.retain(|k| *k != (call, id));
+                if ws.is_empty() {
+                    self.by_key.remove(&w.key);
+                }
+            }
+        } else {
+            self.ranged.retain(|k| *k != (call, id));
+        }
+    }
+
     fn remove(&mut self, call: CallRef, id: i64) {
-        self.watchers.remove(&(call, id));
+        self.forget(call, id);
         if let Some(s) = self.streams.get_mut(&call) {
             s.ids.retain(|i| *i != id);
         }
@@ -488,7 +556,7 @@ impl WatchHub {
     pub fn remove_stream(&mut self, call: CallRef) {
         if let Some(s) = self.streams.remove(&call) {
             for id in s.ids {
-                self.watchers.remove(&(call, id));
+                self.forget(call, id);
             }
             self.counted();
         }
