@@ -9,9 +9,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::time::{Duration, Instant};
 
 use crate::frame::{self, flag, kind, setting, ErrorCode, FrameHeader, FRAME_HEADER_LEN, PREFACE};
 use crate::hpack::{self, Indexing};
+use crate::limit::TokenBucket;
 
 /// Stream ids of recently closed streams remembered to tell "closed" from "never opened".
 const RECENTLY_CLOSED_MAX: usize = 128;
@@ -20,6 +22,22 @@ const CONTINUATION_FRAMES_MAX: usize = 64;
 /// Header values longer than this are sent without indexing, so that unique long values (error
 /// texts) do not churn the peer's dynamic table.
 const INDEXED_VALUE_BYTES_MAX: usize = 64;
+/// grpc-go's `maxPingStrikes`: the third PING that breaks the policy ends the connection.
+pub const PING_STRIKES_MAX: u32 = 2;
+/// grpc-go's `defaultPingTimeout`: without a stream (and `permit_without_stream` off), pings
+/// closer together than this are strikes.
+pub const PING_INTERVAL_WITHOUT_STREAMS: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// Keepalive enforcement as grpc-go's `keepalive.EnforcementPolicy` does it (etcd sets
+/// `MinTime: --grpc-keepalive-min-time`, `PermitWithoutStream: false`): a PING that follows the
+/// last one sooner than allowed is a strike, and after [`PING_STRIKES_MAX`] strikes the next one
+/// gets GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings"). Sending HEADERS or DATA forgives the strikes
+/// (the peer's BDP pings answer our data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PingPolicy {
+    pub min_interval: Duration,
+    pub permit_without_stream: bool,
+}
 
 /// What this endpoint advertises and enforces.
 #[derive(Debug, Clone)]
@@ -36,6 +54,22 @@ pub struct Config {
     pub header_list_bytes_max: u32,
     /// SETTINGS_HEADER_TABLE_SIZE for our HPACK decoder.
     pub header_table_bytes: u32,
+    /// Keepalive enforcement; None answers every PING.
+    pub ping_policy: Option<PingPolicy>,
+    /// Streams the client may end before they are answered (RST_STREAM on an open stream, or a
+    /// stream refused for MAX_CONCURRENT_STREAMS): `reset_burst` at once, refilled at
+    /// `resets_per_sec`. Beyond that: GOAWAY(ENHANCE_YOUR_CALM) (rapid reset, CVE-2023-44487).
+    pub reset_burst: u32,
+    pub resets_per_sec: u32,
+    /// Frames that make us work but carry no request (PING, SETTINGS, PRIORITY, unknown types,
+    /// empty DATA): `idle_frame_burst` at once, refilled at `idle_frames_per_sec`. Beyond that:
+    /// GOAWAY(ENHANCE_YOUR_CALM) (the ping, settings and empty-frame floods of CVE-2019-9512/5/8).
+    pub idle_frame_burst: u32,
+    pub idle_frames_per_sec: u32,
+    /// Control frames we answer with (SETTINGS and PING acknowledgements, RST_STREAM) that may
+    /// wait in the output before the caller takes it: a peer that keeps asking for them without
+    /// reading gets GOAWAY(ENHANCE_YOUR_CALM) (Go's `maxQueuedControlFrames`).
+    pub control_frames_queued_max: usize,
 }
 
 impl Default for Config {
@@ -48,8 +82,36 @@ impl Default for Config {
             frame_bytes_max: frame::FRAME_SIZE_DEFAULT,
             header_list_bytes_max: 64 << 10,
             header_table_bytes: 4096,
+            ping_policy: None,
+            reset_burst: 1000,
+            resets_per_sec: 200,
+            idle_frame_burst: 10_000,
+            idle_frames_per_sec: 1000,
+            control_frames_queued_max: 10_000,
         }
     }
+}
+
+/// What the limits and defences did since [`Connection::take_events`] last asked (for the
+/// caller's counters).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Events {
+    /// Streams refused with REFUSED_STREAM: over SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub refused_streams: u32,
+    /// Requests refused because their header list was over SETTINGS_MAX_HEADER_LIST_SIZE.
+    pub header_lists_too_large: u32,
+    /// GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings").
+    pub too_many_pings: u32,
+    /// GOAWAY for too many streams reset by the client or refused (rapid reset).
+    pub rapid_resets: u32,
+    /// GOAWAY for a flood of frames that carry no request.
+    pub frame_floods: u32,
+    /// GOAWAY for control frames piling up for a peer that does not read.
+    pub control_queue_overflows: u32,
+    /// GOAWAY for a header block of too many CONTINUATION frames or bytes.
+    pub continuation_floods: u32,
+    /// GOAWAY(COMPRESSION_ERROR): a bad HPACK block (e.g. a table size update over our limit).
+    pub hpack_errors: u32,
 }
 
 /// The fields of one decoded header block, stored in one buffer (no allocation per field once
@@ -184,12 +246,26 @@ pub struct Connection {
     recv_window: i64,
     recv_unacked: u32,
     blocked: VecDeque<u32>,
+    /// The bytes waiting in `blocked` streams.
+    blocked_total: usize,
     block: Option<PendingBlock>,
     headers: HeaderList,
     /// content-length of the block just decoded, handed to the stream it opens.
     pending_content_length: Option<u64>,
     scratch: Vec<u8>,
     out: Vec<u8>,
+    /// The time as the caller last told it ([`Connection::set_now`]).
+    now: Instant,
+    last_ping_at: Option<Instant>,
+    ping_strikes: u32,
+    /// HEADERS or DATA went out since the last PING: its strikes are forgiven.
+    forgive_pings: bool,
+    resets: TokenBucket,
+    idle_frames: TokenBucket,
+    /// Control frames written to `out` since the caller last took it.
+    queued_control: usize,
+    events: Events,
+    events_pending: bool,
 }
 
 enum Flow {
@@ -217,11 +293,21 @@ impl Connection {
             recv_window: frame::WINDOW_SIZE_DEFAULT as i64,
             recv_unacked: 0,
             blocked: VecDeque::new(),
+            blocked_total: 0,
             block: None,
             headers: HeaderList::default(),
             pending_content_length: None,
             scratch: Vec::new(),
             out: Vec::with_capacity(16 << 10),
+            now: Instant::now(),
+            last_ping_at: None,
+            ping_strikes: 0,
+            forgive_pings: false,
+            resets: TokenBucket::new(cfg.resets_per_sec, cfg.reset_burst),
+            idle_frames: TokenBucket::new(cfg.idle_frames_per_sec, cfg.idle_frame_burst),
+            queued_control: 0,
+            events: Events::default(),
+            events_pending: false,
             cfg,
         };
         // The server's preface is its SETTINGS frame; it may be sent before the client's.
@@ -259,6 +345,58 @@ impl Connection {
     pub fn take_out(&mut self, spare: &mut Vec<u8>) {
         debug_assert!(spare.is_empty());
         std::mem::swap(&mut self.out, spare);
+        self.queued_control = 0;
+    }
+
+    /// Tells the connection the time, for the policies that count it (pings, resets, idle
+    /// frames). Until called, the time of [`Connection::new`] stands.
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    /// What the limits and defences did since the last call; None when nothing happened.
+    pub fn take_events(&mut self) -> Option<Events> {
+        if !self.events_pending {
+            return None;
+        }
+        self.events_pending = false;
+        Some(std::mem::take(&mut self.events))
+    }
+
+    fn event(&mut self, f: impl FnOnce(&mut Events)) {
+        f(&mut self.events);
+        self.events_pending = true;
+    }
+
+    /// The client's connection preface has arrived in full.
+    pub fn preface_done(&self) -> bool {
+        self.preface_seen == PREFACE.len()
+    }
+
+    /// The stream whose header block is being received (HEADERS without END_HEADERS so far).
+    pub fn header_block_open(&self) -> Option<u32> {
+        self.block.as_ref().map(|b| b.stream_id)
+    }
+
+    /// Writes RST_STREAM, counted as a queued control frame.
+    fn write_rst(&mut self, id: u32, code: ErrorCode) {
+        frame::write_rst_stream(&mut self.out, id, code);
+        self.queued_control += 1;
+    }
+
+    /// A stream the client ended (or had refused) before it was answered: a rapid-reset client
+    /// runs out of budget and is sent away.
+    fn spend_reset(&mut self) -> Flow {
+        if self.resets.take(self.now) {
+            return Flow::Continue;
+        }
+        self.event(|e| e.rapid_resets += 1);
+        self.conn_error(ErrorCode::ENHANCE_YOUR_CALM, "too many streams reset or refused")
+    }
+
+    fn hpack_error(&mut self) -> Flow {
+        self.event(|e| e.hpack_errors += 1);
+        self.conn_error(ErrorCode::COMPRESSION_ERROR, "HPACK decoding failed")
     }
 
     /// A connection error was sent (or the peer broke the preface): flush the output and close.
@@ -284,7 +422,34 @@ impl Connection {
 
     /// DATA bytes held back by flow control, across all streams.
     pub fn blocked_bytes(&self) -> usize {
-        self.blocked.iter().filter_map(|id| self.streams.get(id)).map(|s| s.pending.len()).sum()
+        debug_assert!(
+            self.blocked.len() > 64
+                || self.blocked_total
+                    == self
+                        .blocked
+                        .iter()
+                        .filter_map(|id| self.streams.get(id))
+                        .map(|s| s.pending.len())
+                        .sum::<usize>()
+        );
+        self.blocked_total
+    }
+
+    /// Responses are waiting for the client's flow-control credit, or any response with a body
+    /// would (the client grants streams no window at all).
+    pub fn credit_starved(&self) -> bool {
+        self.blocked_total > 0 || self.peer_initial_window == 0
+    }
+
+    /// Removes a stream, with whatever it had waiting for credit.
+    fn drop_stream(&mut self, id: u32) -> bool {
+        match self.streams.remove(&id) {
+            Some(s) => {
+                self.blocked_total -= s.pending.len();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Graceful shutdown: GOAWAY(NO_ERROR) naming the last stream we accept; streams already
@@ -327,8 +492,8 @@ impl Connection {
         if self.closed {
             return;
         }
-        frame::write_rst_stream(&mut self.out, id, code);
-        if self.streams.remove(&id).is_some() {
+        self.write_rst(id, code);
+        if self.drop_stream(id) {
             self.remember_closed(id, true);
         }
     }
@@ -391,6 +556,25 @@ impl Connection {
                 return self.conn_error(ErrorCode::PROTOCOL_ERROR, "expected CONTINUATION");
             }
         }
+        if self.queued_control > self.cfg.control_frames_queued_max {
+            self.event(|e| e.control_queue_overflows += 1);
+            return self.conn_error(ErrorCode::ENHANCE_YOUR_CALM, "too many control frames queued: read them");
+        }
+        let no_request = match hdr.kind {
+            kind::PING | kind::SETTINGS | kind::PRIORITY => true,
+            kind::DATA => payload.is_empty() && !hdr.has(flag::END_STREAM),
+            kind::HEADERS
+            | kind::RST_STREAM
+            | kind::PUSH_PROMISE
+            | kind::GOAWAY
+            | kind::WINDOW_UPDATE
+            | kind::CONTINUATION => false,
+            _ => true,
+        };
+        if no_request && !self.idle_frames.take(self.now) {
+            self.event(|e| e.frame_floods += 1);
+            return self.conn_error(ErrorCode::ENHANCE_YOUR_CALM, "too many frames without a request");
+        }
         match hdr.kind {
             kind::DATA => self.on_data(hdr, payload, h),
             kind::HEADERS => self.on_headers(hdr, payload, h),
@@ -446,7 +630,7 @@ impl Connection {
                 return self.conn_error(ErrorCode::PROTOCOL_ERROR, "DATA on idle stream");
             }
             if self.closed_state(id) != Some(true) {
-                frame::write_rst_stream(&mut self.out, id, ErrorCode::STREAM_CLOSED);
+                self.write_rst(id, ErrorCode::STREAM_CLOSED);
             }
             return Flow::Continue;
         };
@@ -520,6 +704,7 @@ impl Connection {
         if block.frames > CONTINUATION_FRAMES_MAX
             || block.buf.len() + payload.len() > 2 * self.cfg.header_list_bytes_max as usize
         {
+            self.event(|e| e.continuation_floods += 1);
             return self.conn_error(ErrorCode::ENHANCE_YOUR_CALM, "header block too large");
         }
         block.buf.extend_from_slice(payload);
@@ -544,7 +729,11 @@ impl Connection {
         let r = self.decoder.decode(block, |name, value| check_field(&mut c, headers, name, value));
         match r {
             Ok(()) => {}
-            Err(hpack::DecodeError::HeaderListTooLarge) => return Ok(true),
+            Err(hpack::DecodeError::HeaderListTooLarge) => {
+                self.events.header_lists_too_large += 1;
+                self.events_pending = true;
+                return Ok(true);
+            }
             Err(e) => return Err(e),
         }
         if !trailer && !c.malformed {
@@ -575,7 +764,7 @@ impl Connection {
             let recv_closed = s.recv_closed;
             let malformed = match self.decode_block(block, true) {
                 Ok(m) => m,
-                Err(_) => return self.conn_error(ErrorCode::COMPRESSION_ERROR, "HPACK decoding failed"),
+                Err(_) => return self.hpack_error(),
             };
             if recv_closed {
                 self.stream_error(id, ErrorCode::STREAM_CLOSED, h);
@@ -604,7 +793,7 @@ impl Connection {
                 // block must still go through the decoder to keep the HPACK table in step.
                 Some(true) => match self.decode_block(block, true) {
                     Ok(_) => Flow::Continue,
-                    Err(_) => self.conn_error(ErrorCode::COMPRESSION_ERROR, "HPACK decoding failed"),
+                    Err(_) => self.hpack_error(),
                 },
                 Some(false) => self.conn_error(ErrorCode::STREAM_CLOSED, "HEADERS on closed stream"),
                 None => self.conn_error(ErrorCode::PROTOCOL_ERROR, "stream id not increasing"),
@@ -613,7 +802,7 @@ impl Connection {
         self.max_client_stream_id = id;
         let malformed = match self.decode_block(block, false) {
             Ok(m) => m,
-            Err(_) => return self.conn_error(ErrorCode::COMPRESSION_ERROR, "HPACK decoding failed"),
+            Err(_) => return self.hpack_error(),
         };
         if let Some(last) = self.draining {
             if id > last {
@@ -621,18 +810,19 @@ impl Connection {
             }
         }
         if malformed || self_dependent {
-            frame::write_rst_stream(&mut self.out, id, ErrorCode::PROTOCOL_ERROR);
+            self.write_rst(id, ErrorCode::PROTOCOL_ERROR);
             self.remember_closed(id, true);
             return Flow::Continue;
         }
         if self.streams.len() >= self.cfg.max_concurrent_streams as usize {
-            frame::write_rst_stream(&mut self.out, id, ErrorCode::REFUSED_STREAM);
+            self.event(|e| e.refused_streams += 1);
+            self.write_rst(id, ErrorCode::REFUSED_STREAM);
             self.remember_closed(id, true);
-            return Flow::Continue;
+            return self.spend_reset();
         }
         let content_length = self.pending_content_length.take();
         if end_stream && content_length.is_some_and(|cl| cl != 0) {
-            frame::write_rst_stream(&mut self.out, id, ErrorCode::PROTOCOL_ERROR);
+            self.write_rst(id, ErrorCode::PROTOCOL_ERROR);
             self.remember_closed(id, true);
             return Flow::Continue;
         }
@@ -680,9 +870,10 @@ impl Connection {
         if id > self.max_client_stream_id {
             return self.conn_error(ErrorCode::PROTOCOL_ERROR, "RST_STREAM on idle stream");
         }
-        if self.streams.remove(&id).is_some() {
+        if self.drop_stream(id) {
             self.remember_closed(id, false);
             h.on_reset(id, ErrorCode(code));
+            return self.spend_reset();
         }
         Flow::Continue
     }
@@ -700,6 +891,7 @@ impl Connection {
         if !payload.len().is_multiple_of(6) {
             return self.conn_error(ErrorCode::FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6");
         }
+        let mut initial_window = None;
         for entry in payload.chunks_exact(6) {
             let id = u16::from_be_bytes([entry[0], entry[1]]);
             let value = u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]);
@@ -712,14 +904,9 @@ impl Connection {
                     if value as i64 > frame::WINDOW_SIZE_MAX {
                         return self.conn_error(ErrorCode::FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE too large");
                     }
-                    let delta = value as i64 - self.peer_initial_window as i64;
-                    self.peer_initial_window = value;
-                    for s in self.streams.values_mut() {
-                        s.send_window += delta;
-                        if s.send_window > frame::WINDOW_SIZE_MAX {
-                            return self.conn_error(ErrorCode::FLOW_CONTROL_ERROR, "stream window overflow");
-                        }
-                    }
+                    // Applied once, after the loop: a frame repeating it thousands of times
+                    // costs one pass over the streams, not one per entry.
+                    initial_window = Some(value);
                 }
                 setting::MAX_FRAME_SIZE => {
                     if !(frame::FRAME_SIZE_DEFAULT..=frame::FRAME_SIZE_LIMIT_MAX).contains(&value) {
@@ -730,7 +917,20 @@ impl Connection {
                 _ => {} // MAX_CONCURRENT_STREAMS (we never push), MAX_HEADER_LIST_SIZE, unknown
             }
         }
+        if let Some(value) = initial_window {
+            let delta = value as i64 - self.peer_initial_window as i64;
+            self.peer_initial_window = value;
+            if delta != 0 {
+                for s in self.streams.values_mut() {
+                    s.send_window += delta;
+                    if s.send_window > frame::WINDOW_SIZE_MAX {
+                        return self.conn_error(ErrorCode::FLOW_CONTROL_ERROR, "stream window overflow");
+                    }
+                }
+            }
+        }
         frame::write_settings_ack(&mut self.out);
+        self.queued_control += 1;
         self.flush_blocked();
         Flow::Continue
     }
@@ -742,8 +942,32 @@ impl Connection {
         if hdr.stream_id != 0 {
             return self.conn_error(ErrorCode::PROTOCOL_ERROR, "PING on a stream");
         }
-        if !hdr.has(flag::ACK) {
-            frame::write_ping(&mut self.out, true, data);
+        if hdr.has(flag::ACK) {
+            return Flow::Continue;
+        }
+        frame::write_ping(&mut self.out, true, data);
+        self.queued_control += 1;
+        let Some(policy) = self.cfg.ping_policy else {
+            return Flow::Continue;
+        };
+        // grpc-go's `handlePing`, after the acknowledgement is queued.
+        let now = self.now;
+        let last = self.last_ping_at.replace(now);
+        if std::mem::take(&mut self.forgive_pings) {
+            self.ping_strikes = 0;
+            return Flow::Continue;
+        }
+        let interval = if self.streams.is_empty() && !policy.permit_without_stream {
+            PING_INTERVAL_WITHOUT_STREAMS
+        } else {
+            policy.min_interval
+        };
+        if last.is_some_and(|at| now < at + interval) {
+            self.ping_strikes += 1;
+        }
+        if self.ping_strikes > PING_STRIKES_MAX {
+            self.event(|e| e.too_many_pings += 1);
+            return self.conn_error(ErrorCode::ENHANCE_YOUR_CALM, "too_many_pings");
         }
         Flow::Continue
     }
@@ -809,6 +1033,7 @@ impl Connection {
     }
 
     fn write_block(&mut self, id: u32, end_stream: bool) {
+        self.forgive_pings = true;
         let max = self.peer_frame_max as usize;
         frame::write_header_block(&mut self.out, id, &self.scratch, end_stream, max);
     }
@@ -851,11 +1076,13 @@ impl Connection {
         }
         if s.queued {
             s.pending.extend_from_slice(data);
+            self.blocked_total += data.len();
             s.pending_end |= end_stream;
             return;
         }
         let credit = conn_window.min(s.send_window).max(0) as usize;
         let n = credit.min(data.len());
+        self.forgive_pings |= n > 0;
         if n == data.len() {
             frame::write_data(&mut self.out, id, data, end_stream, max_frame);
         } else {
@@ -865,6 +1092,7 @@ impl Connection {
                 frame::write_data(&mut self.out, id, &data[..n], false, max_frame);
             }
             s.pending.extend_from_slice(&data[n..]);
+            self.blocked_total += data.len() - n;
             s.pending_end = end_stream;
             s.queued = true;
             self.blocked.push_back(id);
@@ -915,8 +1143,10 @@ impl Connection {
             let end = all && s.pending_end && s.pending_trailers.is_none();
             if n > 0 || end {
                 frame::write_data(&mut self.out, id, &s.pending[..n], end, max_frame);
+                self.forgive_pings = true;
             }
             s.pending.drain(..n);
+            self.blocked_total -= n;
             s.send_window -= n as i64;
             self.send_window -= n as i64;
             if !all {
@@ -952,7 +1182,7 @@ impl Connection {
             return;
         }
         let recv_closed = s.recv_closed;
-        self.streams.remove(&id);
+        self.drop_stream(id);
         if !recv_closed {
             frame::write_rst_stream(&mut self.out, id, ErrorCode::NO_ERROR);
         }
@@ -1045,6 +1275,173 @@ mod tests {
         }
         fn on_data(&mut self, _: u32, _: &[u8], _: bool) {}
         fn on_reset(&mut self, _: u32, _: ErrorCode) {}
+    }
+
+    fn opened(cfg: Config) -> (Connection, Opened, Vec<u8>) {
+        let mut conn = Connection::new(cfg);
+        let mut input = PREFACE.to_vec();
+        frame::write_settings(&mut input, &[]);
+        let mut h = Opened::default();
+        assert_eq!(conn.recv(&input, &mut h), input.len());
+        let mut out = Vec::new();
+        conn.take_out(&mut out);
+        (conn, h, out)
+    }
+
+    fn goaway(out: &[u8]) -> Option<(ErrorCode, Vec<u8>)> {
+        let mut pos = 0;
+        while pos + FRAME_HEADER_LEN <= out.len() {
+            let hdr = FrameHeader::parse(out[pos..pos + FRAME_HEADER_LEN].try_into().ok()?);
+            let p = &out[pos + FRAME_HEADER_LEN..pos + FRAME_HEADER_LEN + hdr.len as usize];
+            if hdr.kind == kind::GOAWAY {
+                return Some((ErrorCode(frame::read_u32(p, 4)?), p[8..].to_vec()));
+            }
+            pos += FRAME_HEADER_LEN + hdr.len as usize;
+        }
+        None
+    }
+
+    fn ping() -> Vec<u8> {
+        let mut b = Vec::new();
+        frame::write_ping(&mut b, false, *b"12345678");
+        b
+    }
+
+    fn request(enc: &mut hpack::Encoder, id: u32, end_stream: bool) -> Vec<u8> {
+        let req: &[(&[u8], &[u8])] = &[(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/svc.S/M")];
+        let mut block = Vec::new();
+        enc.encode(req.iter().copied(), &mut block);
+        let mut b = Vec::new();
+        frame::write_header_block(&mut b, id, &block, end_stream, 16_384);
+        b
+    }
+
+    #[test]
+    fn pings_more_often_than_the_policy_allows_get_too_many_pings() {
+        let policy = PingPolicy { min_interval: Duration::from_secs(5), permit_without_stream: false };
+        let t0 = Instant::now();
+        let (mut conn, mut h, _) = opened(Config { ping_policy: Some(policy), ..Config::default() });
+        // Without a stream: the first ping is free, the next three are strikes; the third ends it.
+        for i in 0..3 {
+            conn.set_now(t0 + Duration::from_secs(60 * i));
+            conn.recv(&ping(), &mut h);
+            assert!(!conn.is_closed(), "ping {i}");
+        }
+        conn.set_now(t0 + Duration::from_secs(200));
+        conn.recv(&ping(), &mut h);
+        assert!(conn.is_closed());
+        let (code, debug) = goaway(conn.out()).expect("GOAWAY");
+        assert_eq!((code, debug.as_slice()), (ErrorCode::ENHANCE_YOUR_CALM, &b"too_many_pings"[..]));
+        assert_eq!(conn.take_events().map(|e| e.too_many_pings), Some(1));
+
+        // With a stream open, pings min_interval apart are fine, and data sent forgives strikes.
+        let (mut conn, mut h, _) = opened(Config { ping_policy: Some(policy), ..Config::default() });
+        let mut enc = hpack::Encoder::new();
+        conn.recv(&request(&mut enc, 1, false), &mut h);
+        for i in 0..10 {
+            conn.set_now(t0 + Duration::from_secs(5 * i));
+            conn.recv(&ping(), &mut h);
+        }
+        assert!(!conn.is_closed());
+        for i in 0..10 {
+            conn.send_data(1, b"x", false);
+            conn.set_now(t0 + Duration::from_secs(60) + Duration::from_millis(i));
+            conn.recv(&ping(), &mut h);
+        }
+        assert!(!conn.is_closed(), "a BDP ping after each DATA is no strike");
+        for _ in 0..3 {
+            conn.recv(&ping(), &mut h);
+        }
+        assert!(conn.is_closed());
+    }
+
+    #[test]
+    fn rapid_reset_runs_out_of_budget() {
+        let cfg = Config { reset_burst: 10, resets_per_sec: 1, ..Config::default() };
+        let (mut conn, mut h, _) = opened(cfg);
+        let mut enc = hpack::Encoder::new();
+        for i in 0..11u32 {
+            let id = 1 + 2 * i;
+            let mut b = request(&mut enc, id, false);
+            frame::write_rst_stream(&mut b, id, ErrorCode::CANCEL);
+            conn.recv(&b, &mut h);
+            assert_eq!(conn.is_closed(), i == 10, "reset {i}");
+        }
+        assert_eq!(goaway(conn.out()).map(|g| g.0), Some(ErrorCode::ENHANCE_YOUR_CALM));
+        assert_eq!(conn.take_events().map(|e| e.rapid_resets), Some(1));
+        // Refused streams count as well.
+        let cfg = Config { reset_burst: 5, max_concurrent_streams: 1, ..Config::default() };
+        let (mut conn, mut h, _) = opened(cfg);
+        let mut enc = hpack::Encoder::new();
+        for i in 0..7u32 {
+            conn.recv(&request(&mut enc, 1 + 2 * i, false), &mut h);
+        }
+        assert!(conn.is_closed());
+        let e = conn.take_events().unwrap();
+        assert_eq!((e.refused_streams, e.rapid_resets), (6, 1));
+    }
+
+    #[test]
+    fn control_frames_for_a_peer_that_does_not_read_are_bounded() {
+        let cfg = Config { control_frames_queued_max: 100, ..Config::default() };
+        let (mut conn, mut h, _) = opened(cfg.clone());
+        let pings: Vec<u8> = (0..90).flat_map(|_| ping()).collect();
+        conn.recv(&pings, &mut h);
+        let mut out = Vec::new();
+        conn.take_out(&mut out);
+        conn.recv(&pings, &mut h);
+        assert!(!conn.is_closed(), "the output was taken in between");
+        conn.recv(&pings, &mut h);
+        assert!(conn.is_closed());
+        assert_eq!(goaway(conn.out()).map(|g| g.0), Some(ErrorCode::ENHANCE_YOUR_CALM));
+        assert_eq!(conn.take_events().map(|e| e.control_queue_overflows), Some(1));
+        // SETTINGS acknowledgements count too.
+        let (mut conn, mut h, _) = opened(cfg);
+        let mut b = Vec::new();
+        for _ in 0..200 {
+            frame::write_settings(&mut b, &[]);
+        }
+        conn.recv(&b, &mut h);
+        assert!(conn.is_closed());
+    }
+
+    #[test]
+    fn frames_without_requests_are_rate_limited() {
+        let t0 = Instant::now();
+        let cfg = Config { idle_frame_burst: 50, idle_frames_per_sec: 10, ..Config::default() };
+        let (mut conn, mut h, _) = opened(cfg);
+        conn.set_now(t0);
+        let mut b = Vec::new();
+        for _ in 0..48 {
+            frame::write_header(&mut b, 5, kind::PRIORITY, 0, 3);
+            b.extend_from_slice(&[0, 0, 0, 1, 16]);
+        }
+        conn.recv(&b, &mut h);
+        assert!(!conn.is_closed());
+        conn.set_now(t0 + Duration::from_secs(1)); // 10 more
+        let mut b = Vec::new();
+        // The client's SETTINGS took one: 1 left, and 10 more after a second.
+        for _ in 0..11 {
+            frame::write_header(&mut b, 0, 0xfa, 0, 0); // unknown type
+        }
+        conn.recv(&b, &mut h);
+        assert!(!conn.is_closed());
+        conn.recv(&ping(), &mut h);
+        assert!(conn.is_closed());
+        assert_eq!(conn.take_events().map(|e| e.frame_floods), Some(1));
+    }
+
+    #[test]
+    fn initial_window_repeated_in_one_settings_frame_applies_once() {
+        let (mut conn, mut h, _) = opened(Config::default());
+        let mut enc = hpack::Encoder::new();
+        conn.recv(&request(&mut enc, 1, true), &mut h);
+        let entries: Vec<(u16, u32)> = (0..2000).map(|i| (setting::INITIAL_WINDOW_SIZE, 1000 + i)).collect();
+        let mut b = Vec::new();
+        frame::write_settings(&mut b, &entries);
+        conn.recv(&b, &mut h);
+        assert!(!conn.is_closed());
+        assert_eq!(conn.streams.get(&1).map(|s| s.send_window), Some(2999));
     }
 
     /// Found by the `h2_frames`/`grpc_messages` fuzz targets: trailers the client had in flight

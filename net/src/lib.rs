@@ -7,6 +7,7 @@ pub mod grpc;
 pub mod h2;
 pub mod hpack;
 pub mod http1;
+pub mod limit;
 
 /// Bytes we look at to find an HTTP/1.x request line before deciding it is not one.
 pub const SNIFF_BYTES_MAX: usize = 8 << 10;
