@@ -557,18 +557,28 @@ pub fn run(cfg: Config) -> Result<Measured, String> {
         missing += out.missing;
         writer = writer.or(out.writer);
     }
+    // The timed part ends with the last answer (or delivery), and lasts at least --duration: an
+    // open-loop run's last operation is due before the end, and the time after it is part of
+    // the run all the same (else a paced run with few operations would overstate its rate).
+    let span = |last: Option<Instant>| {
+        let s = last.map_or_else(|| start.elapsed(), |l| l.saturating_duration_since(start));
+        match cfg.stop {
+            Stop::Duration(d) => s.max(d),
+            Stop::Total(_) => s,
+        }
+    };
     let watch = match (&cfg.watch, writer) {
         (Some(_), Some(w)) => Some(WatchMeasured {
             puts: w.puts,
             puts_ok: w.ok,
-            put_elapsed: w.last_done.map_or(Duration::ZERO, |l| l.saturating_duration_since(start)),
+            put_elapsed: span(w.last_done),
             put_hist: w.hist,
             missing,
         }),
         (Some(_), None) => return Err("the writer's thread returned no figures".into()),
         (None, _) => None,
     };
-    let elapsed = last.map_or_else(|| start.elapsed(), |l| l.saturating_duration_since(start));
+    let elapsed = span(last);
     let server_cpu_us = match (server0, server1?) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,

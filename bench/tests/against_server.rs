@@ -274,6 +274,8 @@ fn open_loop_rate_and_duration_bound_the_run() {
     eprintln!("{json}");
     let total = num(&json, "total");
     assert!((400.0..=501.0).contains(&total), "500/s for 1 s should send about 500 puts: {json}");
+    // QPS is over the whole --duration, also when the last put was due before its end.
+    assert!(num(&json, "qps") <= 501.0 && num(&json, "duration_s") >= 1.0, "{json}");
     assert_eq!(errors(&json), "", "{json}");
     assert_eq!(num(&json, "rate"), 500.0, "{json}");
     assert!(json.contains("\"server_cpu_us_per_req\":null"), "{json}");
@@ -338,6 +340,8 @@ fn streaming_workloads_against_metastore() {
             assert_eq!(puts, case[case.iter().position(|a| *a == "--total").unwrap() + 1].parse().unwrap());
         } else {
             assert!((150.0..=201.0).contains(&puts), "200 puts/s for 1 s: {json}");
+            // Over the whole second, not up to the last put only.
+            assert!(num(&json, "puts_per_s") <= 201.0, "{json}");
         }
         assert_eq!(num(&json, "events"), puts * watchers, "every watcher gets every put: {json}");
         assert_eq!(num(&json, "total"), num(&json, "events"), "{json}");
