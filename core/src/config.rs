@@ -53,8 +53,31 @@ pub struct Config {
     pub cores: usize,
     /// `--io-driver`: `uring`, `epoll` or `auto` (default).
     pub io_driver: IoDriver,
-    /// `--max-concurrent-streams`: HTTP/2 streams per connection (etcd default 2^32-1).
+    /// `--max-concurrent-streams`: HTTP/2 streams per connection (etcd default 2^32-1); more
+    /// are refused with REFUSED_STREAM.
     pub max_concurrent_streams: u32,
+    /// `--max-connections-per-core`: client connections one core serves at once; more are
+    /// closed as they are accepted (MetaStore's; default 16384).
+    pub max_connections_per_core: u32,
+    /// `--max-header-list-size`: SETTINGS_MAX_HEADER_LIST_SIZE, advertised and enforced (bytes,
+    /// RFC 9113 accounting; MetaStore's; default 64 KiB).
+    pub max_header_list_size: u32,
+    /// `--grpc-keepalive-min-time`: a client pinging more often (or, with no call open, at all
+    /// within 2 hours) gets GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings") after grpc-go's strikes
+    /// (etcd default 5 s).
+    pub grpc_keepalive_min_time: std::time::Duration,
+    /// `--idle-connection-timeout`: a connection without a call for this long is sent GOAWAY
+    /// and closed (grpc-go's MaxConnectionIdle; off by default, as in etcd).
+    pub idle_connection_timeout: Option<std::time::Duration>,
+    /// `--read-header-timeout`: how long a client may take to finish the connection preface, a
+    /// frame or a header block it has started, or an HTTP/1.1 request head (slowloris); default
+    /// 10 s, 0 = off.
+    pub read_header_timeout: Option<std::time::Duration>,
+    /// `--request-rate-limit-per-connection`: calls per second one connection may start (burst
+    /// one second's worth); beyond it `etcdserver: too many requests`. 0 (default) = off.
+    pub request_rate_per_connection: u32,
+    /// `--request-rate-limit-per-core`: the same, over all connections of one core.
+    pub request_rate_per_core: u32,
     /// `--max-request-bytes`: largest client request (etcd default 1.5 MiB); the gRPC receive
     /// limit is this plus 512 KiB, as in etcd.
     pub max_request_bytes: u32,
@@ -104,6 +127,8 @@ pub enum LogOutput {
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// etcd's default backend quota (2 GiB).
 pub const QUOTA_BYTES_DEFAULT: u64 = 2 << 30;
+/// `--max-header-list-size` below this is refused: a request's pseudo-headers alone need ~150.
+pub const HEADER_LIST_SIZE_MIN: u32 = 1024;
 /// `--cores` above this is refused: each core owns rings to every other, so cost grows as n².
 pub const CORES_MAX: usize = 256;
 
@@ -119,6 +144,13 @@ impl Default for Config {
             cores: available_cpus(),
             io_driver: IoDriver::Auto,
             max_concurrent_streams: u32::MAX,
+            max_connections_per_core: 16_384,
+            max_header_list_size: 64 << 10,
+            grpc_keepalive_min_time: std::time::Duration::from_secs(5),
+            idle_connection_timeout: None,
+            read_header_timeout: Some(std::time::Duration::from_secs(10)),
+            request_rate_per_connection: 0,
+            request_rate_per_core: 0,
             max_request_bytes: 1_572_864,
             max_txn_ops: 128,
             initial_cluster_token: "etcd-cluster".into(),
@@ -214,6 +246,41 @@ const FLAGS: &[Flag] = &[
         help: "Maximum concurrent HTTP/2 streams per client connection. (default 4294967295)",
     },
     Flag {
+        name: "max-connections-per-core",
+        value: "N",
+        help: "Maximum client connections each core serves at once; more are closed as they are accepted. (default 16384)",
+    },
+    Flag {
+        name: "max-header-list-size",
+        value: "BYTES",
+        help: "HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE, advertised and enforced: a request with a larger header list is refused. (default 65536)",
+    },
+    Flag {
+        name: "grpc-keepalive-min-time",
+        value: "DURATION",
+        help: "Minimum interval a client should wait before pinging the server; more frequent pings (or any within 2h with no call open) end the connection with GOAWAY too_many_pings after 3 strikes. (default 5s)",
+    },
+    Flag {
+        name: "idle-connection-timeout",
+        value: "DURATION",
+        help: "Close (GOAWAY, then close) a client connection that has had no call open for this long; 0 disables. (default 0)",
+    },
+    Flag {
+        name: "read-header-timeout",
+        value: "DURATION",
+        help: "Close a connection that takes longer than this to finish the preface, a frame or a header block it started, or an HTTP/1.1 request head (slowloris); 0 disables. (default 10s)",
+    },
+    Flag {
+        name: "request-rate-limit-per-connection",
+        value: "N",
+        help: "Calls per second one connection may start (bursts of one second's worth); others are answered 'etcdserver: too many requests'; 0 disables. (default 0)",
+    },
+    Flag {
+        name: "request-rate-limit-per-core",
+        value: "N",
+        help: "Calls per second all the connections of one core may start together, as above; 0 disables. (default 0)",
+    },
+    Flag {
         name: "max-request-bytes",
         value: "BYTES",
         help: "Maximum client request size in bytes the server will accept. (default 1572864)",
@@ -295,7 +362,6 @@ const FLAGS: &[Flag] = &[
     Flag { name: "initial-election-tick-advance", value: BOOL, help: NO_EFFECT },
     Flag { name: "pre-vote", value: BOOL, help: NO_EFFECT },
     Flag { name: "strict-reconfig-check", value: BOOL, help: NO_EFFECT },
-    Flag { name: "grpc-keepalive-min-time", value: "DURATION", help: NO_EFFECT },
     Flag { name: "grpc-keepalive-interval", value: "DURATION", help: NO_EFFECT },
     Flag { name: "grpc-keepalive-timeout", value: "DURATION", help: NO_EFFECT },
     Flag { name: "auth-token", value: "TOKEN", help: NO_EFFECT },
@@ -579,6 +645,29 @@ where
                 }
                 cfg.max_concurrent_streams = n;
             }
+            "max-connections-per-core" => {
+                let n: u32 = parse_num(name, &value)?;
+                if n == 0 {
+                    return err("--max-connections-per-core must be at least 1");
+                }
+                cfg.max_connections_per_core = n;
+            }
+            "max-header-list-size" => {
+                let n: u32 = parse_num(name, &value)?;
+                if n < HEADER_LIST_SIZE_MIN {
+                    return err(format!("--max-header-list-size must be at least {HEADER_LIST_SIZE_MIN}, got {n}"));
+                }
+                cfg.max_header_list_size = n;
+            }
+            "grpc-keepalive-min-time" => cfg.grpc_keepalive_min_time = parse_duration(name, &value)?,
+            "idle-connection-timeout" => {
+                cfg.idle_connection_timeout = Some(parse_duration(name, &value)?).filter(|d| !d.is_zero());
+            }
+            "read-header-timeout" => {
+                cfg.read_header_timeout = Some(parse_duration(name, &value)?).filter(|d| !d.is_zero());
+            }
+            "request-rate-limit-per-connection" => cfg.request_rate_per_connection = parse_num(name, &value)?,
+            "request-rate-limit-per-core" => cfg.request_rate_per_core = parse_num(name, &value)?,
             "max-request-bytes" => {
                 let n: u32 = parse_num("max-request-bytes", &value)?;
                 if n == 0 {
@@ -787,6 +876,11 @@ fn parse_bool(flag: &str, v: &str) -> Result<bool, ConfigError> {
     }
 }
 
+fn parse_duration(flag: &str, v: &str) -> Result<std::time::Duration, ConfigError> {
+    crate::compactor::parse_go_duration(v)
+        .ok_or_else(|| ConfigError(format!("invalid value {v:?} for flag --{flag}: not a duration")))
+}
+
 fn parse_num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, ConfigError> {
     v.parse().map_err(|_| ConfigError(format!("invalid value {v:?} for flag --{flag}: not a number")))
 }
@@ -940,6 +1034,40 @@ mod tests {
     }
 
     #[test]
+    fn front_door_limits() {
+        let c = serve(&[]);
+        assert_eq!(c.grpc_keepalive_min_time, std::time::Duration::from_secs(5));
+        assert_eq!(
+            (c.idle_connection_timeout, c.read_header_timeout),
+            (None, Some(std::time::Duration::from_secs(10)))
+        );
+        assert_eq!((c.request_rate_per_connection, c.request_rate_per_core), (0, 0));
+        assert_eq!((c.max_connections_per_core, c.max_header_list_size), (16_384, 65_536));
+        let c = serve(&[
+            "--grpc-keepalive-min-time=1s",
+            "--idle-connection-timeout=90s",
+            "--read-header-timeout=0",
+            "--request-rate-limit-per-connection=100",
+            "--request-rate-limit-per-core=1000",
+            "--max-connections-per-core=7",
+            "--max-header-list-size=4096",
+        ]);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(c.grpc_keepalive_min_time, std::time::Duration::from_secs(1));
+        assert_eq!(
+            (c.idle_connection_timeout, c.read_header_timeout),
+            (Some(std::time::Duration::from_secs(90)), None)
+        );
+        assert_eq!((c.request_rate_per_connection, c.request_rate_per_core), (100, 1000));
+        assert_eq!((c.max_connections_per_core, c.max_header_list_size), (7, 4096));
+        assert_eq!(serve(&["--idle-connection-timeout", "0s"]).idle_connection_timeout, None);
+        assert!(fails(&["--grpc-keepalive-min-time", "soon"]).contains("not a duration"));
+        assert!(fails(&["--max-connections-per-core", "0"]).contains("at least 1"));
+        assert!(fails(&["--max-header-list-size", "100"]).contains("at least 1024"));
+        assert!(fails(&["--request-rate-limit-per-core", "-1"]).contains("not a number"));
+    }
+
+    #[test]
     fn raft_timing_is_validated_as_etcd_does() {
         let c = serve(&["--heartbeat-interval", "50", "--election-timeout", "500"]);
         assert_eq!((c.heartbeat_ms, c.election_timeout_ms), (50, 500));
@@ -962,10 +1090,10 @@ mod tests {
 
     #[test]
     fn accepted_etcd_flags_warn_and_tls_is_refused() {
-        let c = serve(&["--initial-cluster-state", "new", "--pre-vote=false", "--grpc-keepalive-min-time", "5s"]);
+        let c = serve(&["--initial-cluster-state", "new", "--pre-vote=false", "--grpc-keepalive-interval", "2h"]);
         assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
         assert!(c.warnings[0].contains("no effect yet"));
-        assert!(fails(&["--grpc-keepalive-min-time", "soon"]).contains("not a duration"));
+        assert!(fails(&["--grpc-keepalive-timeout", "soon"]).contains("not a duration"));
         assert!(fails(&["--cert-file", "a.pem"]).contains("TLS is not supported"));
         assert!(fails(&["--client-cert-auth"]).contains("TLS is not supported"));
     }

@@ -9,13 +9,18 @@
 //! responses wait for the client's flow-control credit (over a bound) it reads on, since only the
 //! client's WINDOW_UPDATEs can release them, but dispatches no new request.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::atomic::AtomicU64;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use metastore_net::frame::ErrorCode;
 use metastore_net::grpc::{self, CallHead, Code, GrpcConn, HttpResponse, Status};
+use metastore_net::limit::TokenBucket;
 use metastore_net::{http1, sniff, Protocol};
 use metastore_proto::health::health_check_response::ServingStatus;
 use metastore_proto::health::{HealthCheckRequest, HealthCheckResponse};
@@ -29,7 +34,7 @@ use crate::config::Config;
 use crate::etcd::{errors, kv, validate};
 use crate::http;
 use crate::notify::LocalNotify;
-use crate::reactor::{Core, Shared, Submit};
+use crate::reactor::{Core, CoreStats, Shared, Submit};
 use crate::shard::{CallRef, Envelope, Outcome, ShardReply, ShardRequest};
 
 /// Bytes read from the socket per read call.
@@ -40,11 +45,81 @@ const OUT_BYTES_MAX: usize = 4 << 20;
 /// Calls open on a connection whose responses wait for credit above which new calls are refused
 /// with RESOURCE_EXHAUSTED, so that reading on (requests not dispatched) stays bounded.
 const READY_MAX: usize = 4096;
+/// Calls a connection may have at the shard while its responses wait for the client's credit:
+/// with the 4 MiB above, what a client that grants no window can make us hold.
+const INFLIGHT_WHILE_BLOCKED_MAX: u32 = 32;
 /// How long, and how many bytes, we keep reading (and discarding) after ending a connection.
 const LINGER_MS_MAX: u64 = 1_000;
 const LINGER_BYTES_MAX: usize = 4 << 20;
 
 const HEALTH: &str = "grpc.health.v1.Health";
+/// How long after a slow or idle connection was told to go (GOAWAY) it is shut down whether or
+/// not its output left (a client that does not read would otherwise keep it).
+const CUT_GRACE: Duration = Duration::from_secs(1);
+
+/// How often each front-door limit or defence acted on one core (single writer: that core).
+#[derive(Default)]
+pub struct DefenceStats {
+    /// Connections closed as accepted: `--max-connections-per-core` reached.
+    pub conns_rejected: AtomicU64,
+    /// Streams refused with REFUSED_STREAM (`--max-concurrent-streams`).
+    pub streams_refused: AtomicU64,
+    /// Requests refused for a header list over `--max-header-list-size`.
+    pub header_lists_too_large: AtomicU64,
+    /// GOAWAY too_many_pings (`--grpc-keepalive-min-time`).
+    pub too_many_pings: AtomicU64,
+    /// GOAWAY for rapid reset (streams reset or refused beyond the budget).
+    pub rapid_resets: AtomicU64,
+    /// GOAWAY for floods of frames without a request (SETTINGS, PING, PRIORITY, empty DATA...).
+    pub frame_floods: AtomicU64,
+    /// GOAWAY for control frames piling up for a client that does not read.
+    pub control_queue_overflows: AtomicU64,
+    /// GOAWAY for CONTINUATION floods.
+    pub continuation_floods: AtomicU64,
+    /// GOAWAY COMPRESSION_ERROR (HPACK abuse, e.g. a table size update over our limit).
+    pub hpack_errors: AtomicU64,
+    /// Connections cut for taking too long over a preface, frame or header block (slowloris).
+    pub header_timeouts: AtomicU64,
+    /// Connections closed by `--idle-connection-timeout`.
+    pub idle_closed: AtomicU64,
+    /// Calls refused by `--request-rate-limit-per-connection`.
+    pub rate_limited_conn: AtomicU64,
+    /// Calls refused by `--request-rate-limit-per-core`.
+    pub rate_limited_core: AtomicU64,
+    /// Times a connection stopped taking calls because its responses wait for the client's
+    /// flow-control credit (zero-window clients).
+    pub flow_control_holds: AtomicU64,
+    /// Calls refused while a connection was held so (RESOURCE_EXHAUSTED).
+    pub flow_control_refused: AtomicU64,
+}
+
+impl DefenceStats {
+    fn record(&self, e: &metastore_net::h2::Events) {
+        let add = |c: &AtomicU64, n: u32| {
+            if n > 0 {
+                CoreStats::add(c, u64::from(n));
+            }
+        };
+        add(&self.streams_refused, e.refused_streams);
+        add(&self.header_lists_too_large, e.header_lists_too_large);
+        add(&self.too_many_pings, e.too_many_pings);
+        add(&self.rapid_resets, e.rapid_resets);
+        add(&self.frame_floods, e.frame_floods);
+        add(&self.control_queue_overflows, e.control_queue_overflows);
+        add(&self.continuation_floods, e.continuation_floods);
+        add(&self.hpack_errors, e.hpack_errors);
+    }
+}
+
+/// A token bucket of `per_sec` calls a second (bursts of one second's worth); None when 0.
+pub fn rate_bucket(per_sec: u32) -> Option<Rc<Cell<TokenBucket>>> {
+    (per_sec > 0).then(|| Rc::new(Cell::new(TokenBucket::new(per_sec, per_sec))))
+}
+
+/// etcd's answer when it cannot take more requests.
+fn too_many_requests() -> Status {
+    Status::new(Code::RESOURCE_EXHAUSTED, "etcdserver: too many requests")
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Method {
@@ -271,6 +346,17 @@ struct App {
     /// Responses wait for the client's flow-control credit over the bound: requests are read
     /// but not dispatched.
     held: bool,
+    core_id: usize,
+    /// The time of the read being handled (set by the reader).
+    now: Instant,
+    /// Calls started so far (the idle sweep tells activity from it).
+    calls_started: u64,
+    /// Requests sent to the shard and not answered yet (replies the connection did not ask for,
+    /// e.g. a watch's, may make it undercount: it saturates at 0).
+    dispatched: u32,
+    /// `--request-rate-limit-per-connection` and `--request-rate-limit-per-core`.
+    bucket: Option<TokenBucket>,
+    core_bucket: Option<Rc<Cell<TokenBucket>>>,
 }
 
 impl App {
@@ -281,13 +367,34 @@ impl App {
 
 impl grpc::Service for App {
     fn on_call(&mut self, id: u32, call: &CallHead<'_>) -> Result<(), Status> {
+        let stats = &self.shared.stats[self.core_id].defences;
         if self.held && self.calls.len() >= READY_MAX {
+            CoreStats::add(&stats.flow_control_refused, 1);
             return Err(Status::new(
                 Code::RESOURCE_EXHAUSTED,
                 "too many requests waiting on this connection: read the responses first",
             ));
         }
         let method = route(call.service, call.method, &self.shared.cfg)?;
+        self.calls_started += 1;
+        // Health checks are never rate limited: they are how operators see the overload.
+        if !matches!(method, Method::HealthCheck | Method::HealthWatch) {
+            if let Some(b) = &mut self.bucket {
+                if !b.take(self.now) {
+                    CoreStats::add(&stats.rate_limited_conn, 1);
+                    return Err(too_many_requests());
+                }
+            }
+            if let Some(cell) = &self.core_bucket {
+                let mut b = cell.get();
+                let ok = b.take(self.now);
+                cell.set(b);
+                if !ok {
+                    CoreStats::add(&stats.rate_limited_core, 1);
+                    return Err(too_many_requests());
+                }
+            }
+        }
         let deadline = call.timeout.map(|t| Instant::now() + t);
         if let Some(at) = deadline {
             self.arm.push((at, id));
@@ -377,13 +484,40 @@ pub struct Conn {
     state: std::cell::RefCell<ConnState>,
     write_ready: LocalNotify,
     read_ready: LocalNotify,
+    /// The socket, for shutting it down under a blocked read (slow and idle connections).
+    fd: Cell<Option<RawFd>>,
+    /// Since when the client owes the rest of a preface, frame or header block it started
+    /// (None while it owes nothing, or while we are not reading).
+    partial_since: Cell<Option<Instant>>,
+    /// Since when the idle sweep has seen no call on it, and the calls started then.
+    idle_since: Cell<Option<(Instant, u64)>>,
+    /// When it was told to go by the sweep.
+    cut_at: Cell<Option<Instant>>,
+}
+
+/// Why the sweep ends a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// `--read-header-timeout`: GOAWAY(ENHANCE_YOUR_CALM).
+    Slow,
+    /// `--idle-connection-timeout`: GOAWAY(NO_ERROR), as grpc-go's MaxConnectionIdle.
+    Idle,
 }
 
 impl Conn {
     pub(crate) fn new(core: &Core, slot: u32, gen: u32) -> Self {
         let cfg = &core.shared.cfg;
         let gcfg = grpc::Config {
-            h2: metastore_net::h2::Config { max_concurrent_streams: cfg.max_concurrent_streams, ..Default::default() },
+            h2: metastore_net::h2::Config {
+                max_concurrent_streams: cfg.max_concurrent_streams,
+                header_list_bytes_max: cfg.max_header_list_size,
+                // etcd: `MinTime: --grpc-keepalive-min-time, PermitWithoutStream: false`.
+                ping_policy: Some(metastore_net::h2::PingPolicy {
+                    min_interval: cfg.grpc_keepalive_min_time,
+                    permit_without_stream: false,
+                }),
+                ..Default::default()
+            },
             recv_message_bytes_max: cfg.recv_message_bytes_max(),
         };
         Self {
@@ -400,17 +534,62 @@ impl Conn {
                     arm: Vec::new(),
                     cancelled: Vec::new(),
                     held: false,
+                    core_id: core.id,
+                    now: Instant::now(),
+                    calls_started: 0,
+                    dispatched: 0,
+                    bucket: rate_bucket(cfg.request_rate_per_connection).map(|b| b.get()),
+                    core_bucket: core.request_bucket.clone(),
                 },
                 closing: false,
             }),
             write_ready: LocalNotify::default(),
             read_ready: LocalNotify::default(),
+            fd: Cell::new(None),
+            partial_since: Cell::new(None),
+            idle_since: Cell::new(None),
+            cut_at: Cell::new(None),
+        }
+    }
+
+    /// Tells a slow or idle connection to go, and wakes its reader by shutting the socket's
+    /// read side (the writer still sends the GOAWAY).
+    fn cut(&self, core: &Core, why: Cut) {
+        let stats = &core.stats().defences;
+        let mut st = self.state.borrow_mut();
+        match why {
+            Cut::Slow => {
+                CoreStats::add(&stats.header_timeouts, 1);
+                st.grpc.h2.abort(ErrorCode::ENHANCE_YOUR_CALM, "read header timeout");
+            }
+            Cut::Idle => {
+                CoreStats::add(&stats.idle_closed, 1);
+                st.grpc.h2.start_drain();
+            }
+        }
+        st.closing = true;
+        drop(st);
+        self.cut_at.set(Some(Instant::now()));
+        self.shutdown(libc::SHUT_RD);
+        self.write_ready.notify();
+        self.read_ready.notify();
+    }
+
+    fn shutdown(&self, how: libc::c_int) {
+        if let Some(fd) = self.fd.get() {
+            // SAFETY: `fd` is this connection's socket, open while the connection is registered
+            // with its core (the halves that own it are dropped only after `remove_conn`, on this
+            // thread); shutdown(2) neither closes nor frees it.
+            unsafe {
+                libc::shutdown(fd, how);
+            }
         }
     }
 
     /// A reply from the shard for one of this connection's calls.
     pub fn on_shard_reply(&self, core: &Core, stream: u32, reply: ShardReply) {
         let mut st = self.state.borrow_mut();
+        st.app.dispatched = st.app.dispatched.saturating_sub(1);
         st.apply_reply(core, stream, reply);
         drop(st);
         self.write_ready.notify();
@@ -584,6 +763,15 @@ impl ConnState {
                     let Some(call) = self.app.calls.get(&stream) else {
                         continue;
                     };
+                    // A client that grants no credit gets no more work done for it than the
+                    // bounds say; the rest waits for its WINDOW_UPDATEs (read on meanwhile).
+                    let h2 = &self.grpc.h2;
+                    if h2.credit_starved()
+                        && (h2.blocked_bytes() > OUT_BYTES_MAX || self.app.dispatched >= INFLIGHT_WHILE_BLOCKED_MAX)
+                    {
+                        self.app.ready.push_front(Work::Shard { stream, req });
+                        return true;
+                    }
                     let env = Envelope { call: self.app.call_ref(stream), deadline: call.deadline, req };
                     match core.submit(env, waker) {
                         Submit::Done(outcome) => {
@@ -593,7 +781,7 @@ impl ConnState {
                             drop(out);
                             core.local_out.borrow_mut().clear();
                         }
-                        Submit::Sent => {}
+                        Submit::Sent => self.app.dispatched += 1,
                         Submit::Full(env) => {
                             self.app.ready.push_front(Work::Shard { stream, req: env.req });
                             return false;
@@ -705,34 +893,118 @@ impl ConnState {
     }
 }
 
+/// Counts a core's open sockets for `--max-connections-per-core`.
+struct SocketSlot(Rc<Core>);
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.0.sockets.set(self.0.sockets.get().saturating_sub(1));
+    }
+}
+
+/// Reads once, within `deadline` if there is one; None on EOF, error or timeout.
+async fn read_by(rd: &mut ReadHalf, buf: Vec<u8>, deadline: Option<Instant>) -> Option<Vec<u8>> {
+    let (res, buf) = match deadline {
+        None => rd.read(buf).await,
+        Some(at) => {
+            let left = at.checked_duration_since(Instant::now())?;
+            monoio::time::timeout(left, rd.read(buf)).await.ok()?
+        }
+    };
+    match res {
+        Ok(n) if n > 0 => Some(buf),
+        _ => None,
+    }
+}
+
 /// Serves one accepted connection until it closes.
 pub async fn serve(core: Rc<Core>, stream: TcpStream) {
+    let open = core.sockets.get();
+    if open >= core.shared.cfg.max_connections_per_core {
+        CoreStats::add(&core.stats().defences.conns_rejected, 1);
+        return; // dropping the stream closes it
+    }
+    core.sockets.set(open + 1);
+    let _slot = SocketSlot(core.clone());
     let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
     let (mut rd, wr) = stream.into_split();
-    // Sniff the protocol from the first bytes.
+    // Sniff the protocol from the first bytes, which must come within --read-header-timeout.
+    let started = Instant::now();
+    let deadline = core.shared.cfg.read_header_timeout.map(|t| started + t);
     let mut first = Vec::with_capacity(READ_BYTES_MAX);
     let proto = loop {
-        let buf = Vec::with_capacity(READ_BYTES_MAX);
-        let (res, buf) = rd.read(buf).await;
-        match res {
-            Ok(0) | Err(_) => return,
-            Ok(_) => first.extend_from_slice(&buf),
-        }
+        let Some(buf) = read_by(&mut rd, Vec::with_capacity(READ_BYTES_MAX), deadline).await else {
+            if deadline.is_some_and(|at| Instant::now() >= at) {
+                CoreStats::add(&core.stats().defences.header_timeouts, 1);
+            }
+            return;
+        };
+        first.extend_from_slice(&buf);
         if let Some(p) = sniff(&first) {
             break p;
         }
     };
     match proto {
-        Protocol::Http1 => serve_http1(&core, rd, wr, first).await,
-        Protocol::Http2 => serve_h2(core, rd, wr, first).await,
+        Protocol::Http1 => serve_http1(&core, rd, wr, first, started).await,
+        Protocol::Http2 => serve_h2(core, rd, wr, first, fd, started).await,
+    }
+}
+
+/// Every so often, on each core: cuts connections that have owed the rest of a preface, frame
+/// or header block for longer than `--read-header-timeout`, and those without a call for
+/// `--idle-connection-timeout`; shuts down those cut a while ago that are still there.
+pub async fn sweep_loop(core: Rc<Core>) {
+    let cfg = &core.shared.cfg;
+    let (header, idle) = (cfg.read_header_timeout, cfg.idle_connection_timeout);
+    let Some(shortest) = [header, idle].into_iter().flatten().min() else {
+        return;
+    };
+    let every = (shortest / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+    loop {
+        monoio::time::sleep(every).await;
+        let now = Instant::now();
+        for c in core.conns_snapshot() {
+            if let Some(at) = c.cut_at.get() {
+                if now.duration_since(at) >= CUT_GRACE {
+                    c.shutdown(libc::SHUT_RDWR);
+                }
+                continue;
+            }
+            if let (Some(t), Some(since)) = (header, c.partial_since.get()) {
+                if now.duration_since(since) >= t {
+                    c.cut(&core, Cut::Slow);
+                    continue;
+                }
+            }
+            let Some(t) = idle else { continue };
+            let (calls, started) = {
+                let st = c.state.borrow();
+                (st.app.calls.len() + st.grpc.h2.active_streams(), st.app.calls_started)
+            };
+            match c.idle_since.get() {
+                _ if calls > 0 => c.idle_since.set(None),
+                Some((_, seen)) if seen != started => c.idle_since.set(Some((now, started))),
+                None => c.idle_since.set(Some((now, started))),
+                Some((since, _)) if now.duration_since(since) >= t => c.cut(&core, Cut::Idle),
+                Some(_) => {}
+            }
+        }
     }
 }
 
 type ReadHalf = monoio::io::OwnedReadHalf<TcpStream>;
 type WriteHalf = monoio::io::OwnedWriteHalf<TcpStream>;
 
-async fn serve_h2(core: Rc<Core>, mut rd: ReadHalf, wr: WriteHalf, first: Vec<u8>) {
+async fn serve_h2(core: Rc<Core>, mut rd: ReadHalf, wr: WriteHalf, first: Vec<u8>, fd: RawFd, started: Instant) {
     let conn = core.add_conn(|slot, gen| Rc::new(Conn::new(&core, slot, gen)));
+    conn.fd.set(Some(fd));
+    let defences = &core.stats().defences;
+    // Since when the client owes the rest of what it started: the preface (since the accept),
+    // a header block (since its HEADERS), a frame (since the last frame completed).
+    let mut owed_since = Some(started);
+    let mut block: Option<(u32, Instant)> = None;
+    let mut frame_since: Option<Instant> = None;
     if core.is_draining() {
         conn.state.borrow_mut().grpc.h2.start_drain();
     }
@@ -746,10 +1018,22 @@ async fn serve_h2(core: Rc<Core>, mut rd: ReadHalf, wr: WriteHalf, first: Vec<u8
         // Feed what we have: straight from the read buffer, or after a partial frame carried over.
         let input: &[u8] = if pending.is_empty() { &rbuf } else { &pending };
         if !input.is_empty() {
+            let now = Instant::now();
             let mut st = conn.state.borrow_mut();
             let ConnState { grpc, app, .. } = &mut *st;
+            grpc.h2.set_now(now);
+            app.now = now;
             let used = grpc.recv(input, app);
-            let done = st.grpc.h2.is_closed();
+            if let Some(e) = grpc.h2.take_events() {
+                defences.record(&e);
+            }
+            let done = grpc.h2.is_closed();
+            let preface_done = grpc.h2.preface_done();
+            block = match (grpc.h2.header_block_open(), block) {
+                (Some(id), Some((open, since))) if open == id => Some((open, since)),
+                (Some(id), _) => Some((id, now)),
+                (None, _) => None,
+            };
             drop(st);
             if pending.is_empty() {
                 pending.extend_from_slice(&rbuf[used..]);
@@ -757,6 +1041,13 @@ async fn serve_h2(core: Rc<Core>, mut rd: ReadHalf, wr: WriteHalf, first: Vec<u8
                 pending.drain(..used);
             }
             rbuf.clear();
+            frame_since = match frame_since {
+                _ if pending.is_empty() => None,
+                Some(since) if used == 0 => Some(since),
+                _ => Some(now),
+            };
+            owed_since =
+                [(!preface_done).then_some(started), block.map(|b| b.1), frame_since].into_iter().flatten().min();
             conn.write_ready.notify();
             if done {
                 break;
@@ -773,6 +1064,9 @@ async fn serve_h2(core: Rc<Core>, mut rd: ReadHalf, wr: WriteHalf, first: Vec<u8
                 // reading, since only the client's WINDOW_UPDATEs (read from the socket) can
                 // release them. Bytes the socket has not taken yet: stop reading.
                 let held = st.grpc.h2.blocked_bytes() > OUT_BYTES_MAX;
+                if held && !st.app.held {
+                    CoreStats::add(&defences.flow_control_holds, 1);
+                }
                 st.app.held = held;
                 if !held && !st.process(&core, cx.waker()) {
                     return Poll::Pending;
@@ -784,13 +1078,21 @@ async fn serve_h2(core: Rc<Core>, mut rd: ReadHalf, wr: WriteHalf, first: Vec<u8
             match blocked {
                 None => break 'conn,
                 Some(false) => break,
-                Some(true) => conn.read_ready.notified().await,
+                Some(true) => {
+                    conn.read_ready.notified().await;
+                    // Time spent not reading is not the client's.
+                    owed_since = owed_since.map(|_| Instant::now());
+                    block = block.map(|(id, _)| (id, Instant::now()));
+                    frame_since = frame_since.map(|_| Instant::now());
+                }
             }
         }
         if conn.state.borrow().grpc.h2.is_done() {
             break;
         }
+        conn.partial_since.set(owed_since);
         let (res, buf) = rd.read(rbuf).await;
+        conn.partial_since.set(None);
         rbuf = buf;
         match res {
             Ok(0) | Err(_) => {
@@ -871,9 +1173,13 @@ async fn write_loop(conn: Rc<Conn>, mut wr: WriteHalf) {
     conn.read_ready.notify();
 }
 
-async fn serve_http1(core: &Core, mut rd: ReadHalf, mut wr: WriteHalf, first: Vec<u8>) {
+async fn serve_http1(core: &Core, mut rd: ReadHalf, mut wr: WriteHalf, first: Vec<u8>, started: Instant) {
+    let cfg = &core.shared.cfg;
     let mut buf = first;
     let mut out = Vec::new();
+    // A request head must be complete within --read-header-timeout of its first byte; between
+    // requests, --idle-connection-timeout applies.
+    let mut head_since = Some(started);
     loop {
         match http1::parse_request(&buf) {
             Ok(Some(req)) => {
@@ -891,6 +1197,7 @@ async fn serve_http1(core: &Core, mut rd: ReadHalf, mut wr: WriteHalf, first: Ve
                     }
                 }
                 buf.drain(..total);
+                head_since = None;
                 let (res, o) = wr.write_all(out).await;
                 out = o;
                 out.clear();
@@ -909,11 +1216,24 @@ async fn serve_http1(core: &Core, mut rd: ReadHalf, mut wr: WriteHalf, first: Ve
                 return;
             }
         }
-        let (res, chunk) = rd.read(Vec::with_capacity(READ_BYTES_MAX)).await;
-        match res {
-            Ok(0) | Err(_) => return,
-            Ok(_) => buf.extend_from_slice(&chunk),
+        if !buf.is_empty() && head_since.is_none() {
+            head_since = Some(Instant::now());
         }
+        let deadline = match head_since {
+            Some(since) => cfg.read_header_timeout.map(|t| since + t),
+            None => cfg.idle_connection_timeout.map(|t| Instant::now() + t),
+        };
+        let Some(chunk) = read_by(&mut rd, Vec::with_capacity(READ_BYTES_MAX), deadline).await else {
+            if deadline.is_some_and(|at| Instant::now() >= at) {
+                let stats = &core.stats().defences;
+                CoreStats::add(if head_since.is_some() { &stats.header_timeouts } else { &stats.idle_closed }, 1);
+            }
+            return;
+        };
+        if head_since.is_none() {
+            head_since = Some(Instant::now());
+        }
+        buf.extend_from_slice(&chunk);
     }
 }
 

@@ -167,6 +167,101 @@ pub fn not_found() -> HttpResponse {
 /// name, type, help, and how to read the value from one core's counters.
 type Series = (&'static str, &'static str, &'static str, fn(&crate::reactor::CoreStats) -> u64);
 
+/// What each front-door limit and defence did, per core (README, Flags: "Limits at the front
+/// door").
+const DEFENCES: [Series; 15] = [
+    (
+        "metastore_connections_rejected_total",
+        "counter",
+        "Connections closed as they were accepted: --max-connections-per-core reached.",
+        |c| c.defences.conns_rejected.load(Ordering::Relaxed),
+    ),
+    (
+        "metastore_streams_refused_total",
+        "counter",
+        "HTTP/2 streams refused with REFUSED_STREAM: --max-concurrent-streams reached.",
+        |c| c.defences.streams_refused.load(Ordering::Relaxed),
+    ),
+    (
+        "metastore_header_lists_too_large_total",
+        "counter",
+        "Requests refused for a header list over --max-header-list-size.",
+        |c| c.defences.header_lists_too_large.load(Ordering::Relaxed),
+    ),
+    (
+        "metastore_too_many_pings_total",
+        "counter",
+        "Connections sent GOAWAY too_many_pings: pings more frequent than --grpc-keepalive-min-time.",
+        |c| c.defences.too_many_pings.load(Ordering::Relaxed),
+    ),
+    (
+        "metastore_rapid_reset_goaways_total",
+        "counter",
+        "Connections sent GOAWAY for resetting (or having refused) too many streams (rapid reset).",
+        |c| c.defences.rapid_resets.load(Ordering::Relaxed),
+    ),
+    (
+        "metastore_frame_flood_goaways_total",
+        "counter",
+        "Connections sent GOAWAY for a flood of frames carrying no request (SETTINGS, PING, PRIORITY, empty DATA).",
+        |c| c.defences.frame_floods.load(Ordering::Relaxed),
+    ),
+    (
+        "metastore_control_queue_goaways_total",
+        "counter",
+        "Connections sent GOAWAY for control frames piling up unread (SETTINGS/PING floods from a client that does not read).",
+        |c| c.defences.control_queue_overflows.load(Ordering::Relaxed),
+    ),
+    (
+        "metastore_continuation_flood_goaways_total",
+        "counter",
+        "Connections sent GOAWAY for a header block of too many CONTINUATION frames or bytes.",
+        |c| c.defences.continuation_floods.load(Ordering::Relaxed),
+    ),
+    (
+        "metastore_hpack_errors_total",
+        "counter",
+        "Connections sent GOAWAY COMPRESSION_ERROR (bad HPACK, e.g. a table size update over the limit).",
+        |c| c.defences.hpack_errors.load(Ordering::Relaxed),
+    ),
+    (
+        "metastore_header_timeouts_total",
+        "counter",
+        "Connections cut for not finishing a preface, frame, header block or HTTP/1.1 head within --read-header-timeout.",
+        |c| c.defences.header_timeouts.load(Ordering::Relaxed),
+    ),
+    (
+        "metastore_idle_connections_closed_total",
+        "counter",
+        "Connections closed by --idle-connection-timeout.",
+        |c| c.defences.idle_closed.load(Ordering::Relaxed),
+    ),
+    (
+        "metastore_rate_limited_connection_total",
+        "counter",
+        "Calls answered 'too many requests' by --request-rate-limit-per-connection.",
+        |c| c.defences.rate_limited_conn.load(Ordering::Relaxed),
+    ),
+    (
+        "metastore_rate_limited_core_total",
+        "counter",
+        "Calls answered 'too many requests' by --request-rate-limit-per-core.",
+        |c| c.defences.rate_limited_core.load(Ordering::Relaxed),
+    ),
+    (
+        "metastore_flow_control_holds_total",
+        "counter",
+        "Times a connection stopped taking calls while its responses waited for the client's flow-control credit.",
+        |c| c.defences.flow_control_holds.load(Ordering::Relaxed),
+    ),
+    (
+        "metastore_flow_control_refused_total",
+        "counter",
+        "Calls refused RESOURCE_EXHAUSTED on a connection held back by the client's flow control.",
+        |c| c.defences.flow_control_refused.load(Ordering::Relaxed),
+    ),
+];
+
 /// Prometheus text exposition of MetaStore's per-core figures.
 pub fn metrics(shared: &Shared) -> String {
     let mut s = String::new();
@@ -193,7 +288,7 @@ pub fn metrics(shared: &Shared) -> String {
             |c| c.ring_full_waits.load(Ordering::Relaxed),
         ),
     ];
-    for (name, kind, help, get) in series {
+    for (name, kind, help, get) in series.into_iter().chain(DEFENCES) {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (i, c) in shared.stats.iter().enumerate() {
             let _ = writeln!(s, "{name}{{core=\"{i}\"}} {}", get(c));

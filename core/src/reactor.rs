@@ -38,6 +38,8 @@ pub struct CoreStats {
     pub shard_requests_sent: AtomicU64,
     /// Watchers on this core's connections.
     pub watchers: AtomicU64,
+    /// The front door's limits and defences: how often each acted (see `conn::Defences`).
+    pub defences: crate::conn::DefenceStats,
 }
 
 impl CoreStats {
@@ -207,6 +209,10 @@ pub struct Core {
     pub watch_wake: LocalNotify,
     /// Requests a streaming call sends on its own (Observe's next leader), sent by the watch task.
     pub resubmits: RefCell<std::collections::VecDeque<Envelope>>,
+    /// Sockets open on this core, whatever they speak (for `--max-connections-per-core`).
+    pub sockets: Cell<u32>,
+    /// `--request-rate-limit-per-core`: the bucket all this core's connections draw from.
+    pub request_bucket: Option<Rc<Cell<metastore_net::limit::TokenBucket>>>,
 }
 
 impl Core {
@@ -234,6 +240,8 @@ impl Core {
             )),
             watch_wake: LocalNotify::default(),
             resubmits: RefCell::new(std::collections::VecDeque::new()),
+            sockets: Cell::new(0),
+            request_bucket: crate::conn::rate_bucket(shared.cfg.request_rate_per_core),
         }
     }
 
@@ -293,6 +301,11 @@ impl Core {
 
     pub fn conn_count(&self) -> usize {
         self.conns.borrow().len()
+    }
+
+    /// This core's HTTP/2 connections (for the sweep of slow and idle ones).
+    pub fn conns_snapshot(&self) -> Vec<Rc<Conn>> {
+        self.conns.borrow().iter().map(|(_, (_, c))| c.clone()).collect()
     }
 
     /// Sends a request to the shard, or runs it here when the shard is local.
@@ -427,7 +440,9 @@ impl Core {
 }
 
 /// The deadline task: sleeps until the earliest deadline, or until an earlier one is armed.
+/// (It also starts the task that closes slow and idle connections.)
 pub async fn timer_loop(core: Rc<Core>) {
+    monoio::spawn(crate::conn::sweep_loop(core.clone()));
     loop {
         core.sweep_deadlines();
         match core.fire_deadlines(Instant::now()) {
