@@ -7,7 +7,9 @@
   each run);
 - <stem>-cpu.svg: server CPU µs per request per cell, the same way;
 - <stem>-cdf.svg: latency CDFs, one panel per cell, both runs of each server (latency on a log
-  axis, from metastore-bench --latency-out quantiles: the minimum, every 1%, P99.9, P99.99, max).
+  axis, from metastore-bench --latency-out quantiles: the minimum, every 1%, P99.9, P99.99, max);
+- <stem>-streams-cdf.svg: the same for the watch cells (put-to-event latency of every delivered
+  event) and the lease-keepalive cell, when the run has them.
 
 perf/suite.py calls render() at the end of a run.
 """
@@ -167,7 +169,8 @@ def fmt_us(us):
 
 
 def render(res, stem):
-    """Writes <stem>-qps.svg, <stem>-cpu.svg and <stem>-cdf.svg; returns their paths."""
+    """Writes <stem>-qps.svg, <stem>-cpu.svg, <stem>-cdf.svg and (with watch and lease cells)
+    <stem>-streams-cdf.svg; returns their paths."""
     quick = " (quick smoke run, not a measurement)" if res.get("quick") else ""
     cells = res.get("cells", [])
 
@@ -179,19 +182,26 @@ def render(res, stem):
     if nb:
         qps.append(("null 10×100", {"metastore": [r.get("qps") for r in nb if "failed" not in r]}))
     cpu = [(cell_label(c), {k: runs(c, k, "server_cpu_us_per_req") for k in ("etcd", "metastore")}) for c in cells]
-    panels = []
-    for c in cells:
-        series = []
-        for kind in ("etcd", "metastore"):
-            for i, r in enumerate(c["runs"][kind], 1):
-                if "failed" not in r:
-                    series.append((kind, i, r.get("latency") or []))
-        panels.append((cell_label(c), series))
+    def panels_of(cells):
+        panels = []
+        for c in cells:
+            series = []
+            for kind in ("etcd", "metastore"):
+                for i, r in enumerate(c["runs"][kind], 1):
+                    if "failed" not in r:
+                        series.append((kind, i, r.get("latency") or []))
+            panels.append((c.get("label") or cell_label(c), series))
+        return panels
+
     files = {
         "qps": bars_svg("QPS per cell, mean of two runs (dots: each run)" + quick, "requests per second", qps),
         "cpu": bars_svg("Server CPU per request, µs (dots: each run)" + quick, "server CPU µs per request", cpu),
-        "cdf": cdf_svg("Latency CDFs per cell (metastore-bench)" + quick, panels),
+        "cdf": cdf_svg("Latency CDFs per cell (metastore-bench)" + quick, panels_of(cells)),
     }
+    streams = res.get("streams", [])
+    if streams:
+        files["streams-cdf"] = cdf_svg("Watch put-to-event and lease keep-alive latency CDFs" + quick,
+                                       panels_of(streams))
     paths = []
     for name, svg in files.items():
         path = "%s-%s.svg" % (stem, name)

@@ -21,12 +21,18 @@ One command, in this order:
    10×100; 8-byte keys, 256-byte values, 10,000 random keys, range and txn-put with --prefill,
    --duration per run; every run passes --server-pid (server CPU from /proc/PID/stat) and
    --latency-out (quantiles for the CDF plots);
-5. the transport ceiling: `metastore-bench null` at 10×100 against MetaStore, twice, then
+5. watch and lease (issue 6), interleaved the same way: `metastore-bench watch-latency` with 1,
+   1,000 and 10,000 watchers (one per Watch stream, over 1, 10 and 100 connections) on one key
+   that one writer puts, closed loop with one watcher and paced at 20,000 / watchers puts per
+   second with more (20,000 events per second offered): put-to-event P50/P99 over every
+   delivery; then `lease-keepalive` at 10×100 (each client its own lease and LeaseKeepAlive
+   stream, one request at a time);
+6. the transport ceiling: `metastore-bench null` at 10×100 against MetaStore, twice, then
    `h2load` (nghttp2-client) posting the same 5-byte gRPC body to /metastore.Bench/Null with 10
    connections × 10 streams, twice, with the server's CPU per request from /proc around it;
-6. syscalls per request: `strace -c -f -p PID` attached to each server during fixed-count put,
+7. syscalls per request: `strace -c -f -p PID` attached to each server during fixed-count put,
    range l and range s runs at 10×100 (strace slows the server: only the counts are kept);
-7. allocations per request: the count-allocs MetaStore on a fresh data dir, a warm-up, then
+8. allocations per request: the count-allocs MetaStore on a fresh data dir, a warm-up, then
    fixed-count put, range l and range s runs at 1×1 and 10×100; the delta of
    metastore_heap_allocations_total over each run (minus one /metrics scrape's own allocations)
    divided by the requests.
@@ -83,6 +89,15 @@ MATRIX = ([("put", None, c, k) for c, k in SETTINGS]
           + [("range", "l", c, k) for c, k in SETTINGS]
           + [("range", "s", c, k) for c, k in SETTINGS]
           + [("txn-put", None, 10, 100)])
+# The watch-latency cells (issue 6): (watchers, conns), one watcher per Watch stream, the streams
+# spread over the connections.
+WATCH_SETTINGS = ((1, 1), (1000, 10), (10_000, 100))
+# With more than one watcher the writer is paced at this many events per second offered (this /
+# watchers puts per second), so that the figure is the fan-out's latency rather than a backlog;
+# with one watcher it is closed loop (one put at a time).
+WATCH_EVENTS_PER_S = 20_000
+# The lease-keepalive cell: (conns, clients), one lease and one LeaseKeepAlive stream per client.
+LEASE_SETTING = (10, 100)
 # The fixed-count runs for syscalls and allocations.
 COUNTED = (("put", None), ("range", "l"), ("range", "s"))
 NULL_BODY = b"\x00\x00\x00\x00\x00"  # a gRPC message: not compressed, 0 bytes long
@@ -236,10 +251,14 @@ class Suite:
 
     def bench(self, srv, workload, conns, clients, *extra, latency_out=None):
         """One metastore-bench run; its JSON record plus steal time, wall time and latency quantiles.
-        A failed run is recorded (and reported) rather than ending the suite."""
+        A failed run is recorded (and reported) rather than ending the suite. `clients` None leaves
+        --clients out (the watch workloads have one writer and their watchers instead)."""
         cmd = [BENCH, workload, "--endpoints", srv.url, "--json", "--no-progress", "--server-pid", str(srv.pid),
-               "--conns", str(conns), "--clients", str(clients), "--key-size", str(KEY_SIZE),
-               "--val-size", str(VAL_SIZE), "--key-space-size", str(KEY_SPACE)] + list(extra)
+               "--conns", str(conns)]
+        if clients is not None:
+            cmd += ["--clients", str(clients)]
+        cmd += ["--key-size", str(KEY_SIZE), "--val-size", str(VAL_SIZE), "--key-space-size", str(KEY_SPACE)]
+        cmd += list(extra)
         if latency_out:
             cmd += ["--latency-out", latency_out]
         s0, t0 = proc_stat_cpu(), time.time()
@@ -259,7 +278,7 @@ class Suite:
             with open(latency_out) as f:
                 rec["latency"] = json.load(f)["quantiles"]
         if rec.get("errors"):
-            msg = "%s: %s %dx%d: errors %s" % (srv.tag, workload, conns, clients, rec["errors"])
+            msg = "%s: %s %dx%s: errors %s" % (srv.tag, workload, conns, clients, rec["errors"])
             log("ERRORS " + msg)
             self.failures.append(msg)
         return rec
@@ -284,6 +303,21 @@ class Suite:
                     cell["runs"][kind].append(rec)
                     log("[%d/%d] %s %s run %d: %s" % (n, len(MATRIX), label(cell), kind, i + 1, brief(rec)))
             cells.append(cell)
+        return cells
+
+    def streams(self, servers):
+        """The watch-latency cells and the lease-keepalive cell, interleaved like the matrix."""
+        os.makedirs(self.latdir, exist_ok=True)
+        cells = stream_cells()
+        dur = "%gs" % self.a.duration
+        for n, cell in enumerate(cells, 1):
+            for i in range(2):
+                for kind in SERVERS:
+                    lat = os.path.join(self.latdir, "%s-%s-%d.json" % (cell["slug"], kind, i + 1))
+                    rec = self.bench(servers[kind], cell["workload"], cell["conns"], cell["clients"],
+                                     "--duration", dur, *cell["args"], latency_out=lat)
+                    cell["runs"][kind].append(rec)
+                    log("[%d/%d] %s %s run %d: %s" % (n, len(cells), cell["label"], kind, i + 1, brief(rec)))
         return cells
 
     def null(self, ms):
@@ -590,9 +624,37 @@ def slug(cell):
     return "%s%s-%dx%d" % (cell["workload"], cell.get("consistency") or "", cell["conns"], cell["clients"])
 
 
+def watch_rate(watchers):
+    """The writer's pace for a watch-latency cell (None: closed loop)."""
+    return None if watchers == 1 else WATCH_EVENTS_PER_S / watchers
+
+
+def stream_cells():
+    """The watch and lease cells, each with its label, slug, bench arguments and empty runs."""
+    cells = []
+    for watchers, conns in WATCH_SETTINGS:
+        rate = watch_rate(watchers)
+        cells.append({"workload": "watch-latency", "watchers": watchers, "conns": conns, "clients": None,
+                      "rate": rate, "label": "watch %s×%d" % (fmt_num(watchers), conns),
+                      "slug": "watch-%dw-%dc" % (watchers, conns),
+                      "args": ["--watchers", str(watchers)] + (["--rate", "%g" % rate] if rate else []),
+                      "runs": {k: [] for k in SERVERS}})
+    conns, clients = LEASE_SETTING
+    cells.append({"workload": "lease-keepalive", "conns": conns, "clients": clients, "rate": None,
+                  "label": "lease-keepalive %d×%d" % (conns, clients), "slug": "lease-%dx%d" % (conns, clients),
+                  "args": [], "runs": {k: [] for k in SERVERS}})
+    return cells
+
+
 def brief(rec):
     if "failed" in rec:
         return "FAILED"
+    if "events_per_s" in rec:
+        return ("%.0f events/s, %.1f puts/s, put-to-event P50 %s, P99 %s, server %s µs/event, client %s µs/event, "
+                "%s missing, setup %.1f s, steal %.1f%%" % (
+                    rec["events_per_s"], rec["puts_per_s"], fmt_lat(rec["p50_us"]), fmt_lat(rec["p99_us"]),
+                    rec["server_cpu_us_per_req"], rec["client_cpu_us_per_req"], rec["missing_events"],
+                    rec.get("setup_s", 0), rec.get("steal_pct", 0)))
     return "%.0f QPS, P50 %s, P99 %s, server %s µs/req, client %s µs/req, steal %.1f%%" % (
         rec["qps"], fmt_lat(rec["p50_us"]), fmt_lat(rec["p99_us"]), rec["server_cpu_us_per_req"],
         rec["client_cpu_us_per_req"], rec.get("steal_pct", 0))
@@ -628,14 +690,16 @@ def ratio(a, b):
 
 
 def summary(cell):
-    """Means over the two runs of each server, and MetaStore / etcd ratios."""
+    """Means over the two runs of each server, and MetaStore / etcd ratios. For watch cells `qps` is
+    events delivered per second and CPU is per event; `puts_per_s` is the writer's."""
     out = {}
     for kind in SERVERS:
         runs = cell["runs"][kind]
         out[kind] = {k: mean_of(runs, k) for k in ("qps", "p50_us", "p99_us", "server_cpu_us_per_req",
-                                                   "client_cpu_us_per_req")}
+                                                   "client_cpu_us_per_req", "puts_per_s", "setup_s")}
     e, m = out["etcd"], out["metastore"]
-    out["ratio"] = {"qps": ratio(m["qps"], e["qps"]), "p99": ratio(m["p99_us"], e["p99_us"]),
+    out["ratio"] = {"qps": ratio(m["qps"], e["qps"]), "p50": ratio(m["p50_us"], e["p50_us"]),
+                    "p99": ratio(m["p99_us"], e["p99_us"]),
                     "cpu": ratio(m["server_cpu_us_per_req"], e["server_cpu_us_per_req"])}
     return out
 
@@ -752,6 +816,7 @@ def markdown(res, stem):
             fmt_ratio(r["p99"]), fmt_num(e["server_cpu_us_per_req"], 1), fmt_num(ms["server_cpu_us_per_req"], 1),
             fmt_ratio(r["cpu"])))
     w("")
+    streams_markdown(res, stem, w)
     w("### Transport ceiling: null")
     w("")
     nb, nh = res["null"]["bench"], res["null"].get("h2load", [])
@@ -836,11 +901,88 @@ def markdown(res, stem):
                     fmt_lat(r["p999_us"]), fmt_lat(r["max_us"]), fmt_num(r["server_cpu_us_per_req"], 1),
                     fmt_num(r["client_cpu_us_per_req"], 1), r.get("steal_pct", 0),
                     sum(r["errors"].values()) if r["errors"] else 0))
+    if res.get("streams"):
+        w("")
+        w("Watch and lease cells (watch: events per second, put-to-event latency, CPU per event; setup: creating the"
+          " watchers or granting the leases, untimed):")
+        w("")
+        w("| cell | server | run | events or ops/s | puts/s | P50 | P99 | P99.9 | max | server CPU µs/op"
+          " | client CPU µs/op | setup | missing | steal % | errors |")
+        w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for c in res["streams"]:
+            for kind in SERVERS:
+                for i, r in enumerate(c["runs"][kind], 1):
+                    if "failed" in r:
+                        w("| %s | %s | %d | failed | | | | | | | | | | | |" % (c["label"], NAMES[kind], i))
+                        continue
+                    w("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %.2f s | %s | %.1f | %s |" % (
+                        c["label"], NAMES[kind], i, fmt_num(r["qps"]), fmt_num(r.get("puts_per_s"), 1),
+                        fmt_lat(r["p50_us"]), fmt_lat(r["p99_us"]), fmt_lat(r["p999_us"]), fmt_lat(r["max_us"]),
+                        fmt_num(r["server_cpu_us_per_req"], 2), fmt_num(r["client_cpu_us_per_req"], 2),
+                        r.get("setup_s", 0), fmt_num(r.get("missing_events")), r.get("steal_pct", 0),
+                        sum(r["errors"].values()) if r["errors"] else 0))
     w("")
     w("</details>")
     w("")
     w("Raw JSON: [results/%s.json](results/%s.json)." % (stem, stem))
     return "\n".join(out)
+
+
+def streams_markdown(res, stem, w):
+    """The watch and lease tables (issue 6)."""
+    cells = res.get("streams") or []
+    if not cells:
+        return
+    watch = [c for c in cells if c["workload"] == "watch-latency"]
+    lease = [c for c in cells if c["workload"] == "lease-keepalive"]
+    w("### Watch and lease")
+    w("")
+    if watch:
+        paced = ", ".join("%s watchers at %s puts/s" % (fmt_num(c["watchers"]), "%g" % c["rate"])
+                          for c in watch if c["rate"])
+        w("`metastore-bench watch-latency`: one writer, on its own connection, puts one key (8 bytes, 256-byte"
+          " values) that the watchers watch, one watcher per Watch stream, the streams spread over the connections."
+          " Each value starts with the put's send time; every delivered event records receive time − send time"
+          " (put-to-event), over all deliveries. With one watcher the writer is closed loop (one put at a time);"
+          " with more it is paced at %s events per second offered (%s), so that the figure is the fan-out's"
+          " latency, not a backlog's. Every watcher must get every put's event (within 10 s of the last put)."
+          " Events/s: deliveries per second of the run; CPU per delivered event. Each cell ran etcd, MetaStore,"
+          " etcd, MetaStore for %g s; figures are the mean of the two runs; ratios are MetaStore / etcd." % (
+              fmt_num(WATCH_EVENTS_PER_S), paced, res["args"]["duration"]))
+        w("")
+        w("| watchers × conns | etcd P50 | MetaStore P50 | P50 ratio | etcd P99 | MetaStore P99 | P99 ratio"
+          " | etcd events/s | MetaStore events/s | etcd puts/s | MetaStore puts/s | etcd CPU µs/event"
+          " | MetaStore CPU µs/event | CPU ratio |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for c in watch:
+            s = summary(c)
+            e, ms, r = s["etcd"], s["metastore"], s["ratio"]
+            w("| %s × %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                fmt_num(c["watchers"]), c["conns"], fmt_lat(e["p50_us"]), fmt_lat(ms["p50_us"]),
+                fmt_ratio(r["p50"]), fmt_lat(e["p99_us"]), fmt_lat(ms["p99_us"]), fmt_ratio(r["p99"]),
+                fmt_num(e["qps"]), fmt_num(ms["qps"]), fmt_num(e["puts_per_s"], 1), fmt_num(ms["puts_per_s"], 1),
+                fmt_num(e["server_cpu_us_per_req"], 2), fmt_num(ms["server_cpu_us_per_req"], 2),
+                fmt_ratio(r["cpu"])))
+        w("")
+    if lease:
+        w("`metastore-bench lease-keepalive`: each client grants its own lease (TTL 60 s, untimed), then sends"
+          " LeaseKeepAlive requests on its own stream, one at a time (closed loop); latency is request to"
+          " response; the leases are revoked after the run.")
+        w("")
+        w("| conns × clients | etcd QPS | MetaStore QPS | QPS ratio | etcd P50 | MetaStore P50 | etcd P99"
+          " | MetaStore P99 | P99 ratio | etcd CPU µs/req | MetaStore CPU µs/req | CPU ratio |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for c in lease:
+            s = summary(c)
+            e, ms, r = s["etcd"], s["metastore"], s["ratio"]
+            w("| %d × %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                c["conns"], c["clients"], fmt_num(e["qps"]), fmt_num(ms["qps"]), fmt_ratio(r["qps"]),
+                fmt_lat(e["p50_us"]), fmt_lat(ms["p50_us"]), fmt_lat(e["p99_us"]), fmt_lat(ms["p99_us"]),
+                fmt_ratio(r["p99"]), fmt_num(e["server_cpu_us_per_req"], 1),
+                fmt_num(ms["server_cpu_us_per_req"], 1), fmt_ratio(r["cpu"])))
+        w("")
+    w("![Watch and lease latency CDFs](results/%s-streams-cdf.svg)" % stem)
+    w("")
 
 
 def write_section(text):
@@ -878,10 +1020,12 @@ def build(a):
 
 def estimate_s(a):
     """A rough duration of the measuring part (no build), for the log: each run plus its connect,
-    about 90 s of untimed prefill at 1x1 (range l and s), null and h2load, the counted runs."""
+    about 90 s of untimed prefill at 1x1 (range l and s), the watch and lease cells (creating 10,000
+    watchers takes etcd a few seconds), null and h2load, the counted runs."""
     per_run = a.duration + 0.4
     counted = 30 + (a.strace_requests + a.alloc_requests) / 1000
-    return len(MATRIX) * 4 * per_run + 100 + 4 * per_run + counted
+    streams = len(stream_cells()) * 4 * (per_run + 1) + 20
+    return len(MATRIX) * 4 * per_run + 100 + streams + 4 * per_run + counted
 
 
 def ensure_tools():
@@ -961,6 +1105,7 @@ def main():
             res["wal_fsync"][kind] = {"fsyncs": c1 - c0, "mean_us": round((s1 - s0) * 1e6 / (c1 - c0), 1)
                                       if c1 > c0 else None}
         log("WAL fsyncs during the matrix (the servers' own histograms): %s" % res["wal_fsync"])
+        res["streams"] = suite.streams(servers)
         res["null"] = suite.null(servers["metastore"])
         res["syscalls"] = suite.strace(servers)
         res["allocations"] = suite.allocations()
