@@ -180,6 +180,20 @@ impl StreamCall {
         self.tx.send_data(body, false).map_err(ended)
     }
 
+    /// Ends the request side (END_STREAM) and waits for the server to end the stream, reading
+    /// and dropping any message still on the way: a graceful close, not a reset (a server counts
+    /// streams reset by the client against a rapid-reset budget). Returns how it ended.
+    pub async fn finish(&mut self) -> CallError {
+        if let Err(e) = self.tx.send_data(Bytes::new(), true) {
+            return ended(e);
+        }
+        loop {
+            if let Err(e) = self.message().await {
+                return e;
+            }
+        }
+    }
+
     /// The next response message (prefix stripped), as soon as it has wholly arrived.
     pub async fn message(&mut self) -> Result<&[u8], CallError> {
         if let Some(resp) = self.resp.take() {

@@ -3,8 +3,10 @@
 //! and makes one keep-alive round trip, all checked; each operation of the run is then one
 //! request sent on that stream (the same few bytes every time, encoded once) and its response,
 //! checked for the lease's ID and a TTL above 0 (0 is etcd's answer for an unknown or expired
-//! lease). After the run, untimed, the lease is revoked so that a suite's next run does not meet
-//! a wave of expiries.
+//! lease). After the run, untimed, the stream is closed (END_STREAM, then the server's end) and
+//! the lease revoked, so that a suite's next run does not meet a wave of expiries.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use metastore_proto::etcdserverpb::{
@@ -18,6 +20,8 @@ use crate::workload::Uris;
 pub const PATH_LEASE_GRANT: &str = "/etcdserverpb.Lease/LeaseGrant";
 pub const PATH_LEASE_REVOKE: &str = "/etcdserverpb.Lease/LeaseRevoke";
 pub const PATH_LEASE_KEEPALIVE: &str = "/etcdserverpb.Lease/LeaseKeepAlive";
+/// How long the server may take to end a keep-alive stream once the client has ended its side.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A granted lease and its keep-alive stream.
 pub struct Lease {
@@ -87,9 +91,15 @@ impl Lease {
         check_keepalive(msg, self.id).map(|_| ())
     }
 
-    /// Revokes the lease (its stream is dropped first).
+    /// Closes the keep-alive stream (gracefully, for at most [`CLOSE_TIMEOUT`]), then revokes the
+    /// lease.
     pub async fn revoke(self, send: &mut Sender, uris: &Uris) -> Result<(), String> {
-        let Lease { id, stream, .. } = self;
+        let Lease { id, mut stream, .. } = self;
+        match tokio::time::timeout(CLOSE_TIMEOUT, stream.finish()).await {
+            Ok(CallError::Ended(_)) => {}
+            Ok(e) => return Err(format!("closing the lease keep-alive stream: {}", e.message())),
+            Err(_) => return Err("the server did not end the lease keep-alive stream after ours ended".into()),
+        }
         drop(stream);
         let mut out = Vec::new();
         grpc::unary(send, &uris.lease_revoke, framed(&LeaseRevokeRequest { id }), &mut out)
