@@ -470,9 +470,7 @@ impl WatchHub {
             }
             let from = Self::position(w, before);
             picked.clear();
-            picked.extend(
-                group.iter().map(|(_, i)| &b.events[*i]).filter(|e| e.kv.mod_revision >= from && w.wants(e)),
-            );
+            picked.extend(group.iter().map(|(_, i)| &b.events[*i]).filter(|e| e.kv.mod_revision >= from && w.wants(e)));
             if picked.is_empty() {
                 continue;
             }
