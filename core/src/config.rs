@@ -60,7 +60,8 @@ pub struct Config {
     /// closed as they are accepted (MetaStore's; default 16384).
     pub max_connections_per_core: u32,
     /// `--max-header-list-size`: SETTINGS_MAX_HEADER_LIST_SIZE, advertised and enforced (bytes,
-    /// RFC 9113 accounting; MetaStore's; default 64 KiB).
+    /// RFC 9113 accounting; MetaStore's; default 16 KiB, gRPC C-core's hard metadata limit). A
+    /// header block whose encoded size alone exceeds it closes the connection.
     pub max_header_list_size: u32,
     /// `--grpc-keepalive-min-time`: a client pinging more often (or, with no call open, at all
     /// within 2 hours) gets GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings") after grpc-go's strikes
@@ -145,7 +146,7 @@ impl Default for Config {
             io_driver: IoDriver::Auto,
             max_concurrent_streams: u32::MAX,
             max_connections_per_core: 16_384,
-            max_header_list_size: 64 << 10,
+            max_header_list_size: 16 << 10,
             grpc_keepalive_min_time: std::time::Duration::from_secs(5),
             idle_connection_timeout: None,
             read_header_timeout: Some(std::time::Duration::from_secs(10)),
@@ -253,7 +254,7 @@ const FLAGS: &[Flag] = &[
     Flag {
         name: "max-header-list-size",
         value: "BYTES",
-        help: "HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE, advertised and enforced: a request with a larger header list is refused. (default 65536)",
+        help: "HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE, advertised and enforced: a request with a larger header list is refused, a connection sending a header block larger than this even encoded is closed. (default 16384)",
     },
     Flag {
         name: "grpc-keepalive-min-time",
@@ -1042,7 +1043,7 @@ mod tests {
             (None, Some(std::time::Duration::from_secs(10)))
         );
         assert_eq!((c.request_rate_per_connection, c.request_rate_per_core), (0, 0));
-        assert_eq!((c.max_connections_per_core, c.max_header_list_size), (16_384, 65_536));
+        assert_eq!((c.max_connections_per_core, c.max_header_list_size), (16_384, 16_384));
         let c = serve(&[
             "--grpc-keepalive-min-time=1s",
             "--idle-connection-timeout=90s",

@@ -102,8 +102,9 @@ fn streams_and_header_lists_are_advertised_and_enforced() {
         assert!(c.trailers(1, T).is_some());
         health_check(&mut c, 11);
         // A header list over 4096 bytes (one huge value, in CONTINUATION frames) is refused, and
-        // the connection goes on.
-        let big = "v".repeat(6000);
+        // the connection goes on: 6000 'a's Huffman-code to 3750 bytes, so the block is within
+        // the limit encoded.
+        let big = "a".repeat(6000);
         let block = c.block(&[
             (":method", "POST"),
             (":scheme", "http"),
@@ -118,6 +119,14 @@ fn streams_and_header_lists_are_advertised_and_enforced() {
         health_check(&mut c, 15);
         assert!(metric(&srv, "metastore_streams_refused_total") >= 1.0, "[{driver}]");
         assert!(metric(&srv, "metastore_header_lists_too_large_total") >= 1.0, "[{driver}]");
+        // A block over the limit even encoded is not decoded: the connection is sent away.
+        let big = "v".repeat(6000);
+        let block = c.block(&[(":method", "POST"), ("x-huge", &big)]);
+        assert!(block.len() > 4096);
+        let mut b = Vec::new();
+        frame::write_header_block(&mut b, 17, &block, true, 4000);
+        c.send(&b);
+        assert_eq!(c.ending(17, T), Ending::GoAway(ErrorCode::ENHANCE_YOUR_CALM), "[{driver}]");
         srv.stop();
     }
 }

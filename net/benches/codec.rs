@@ -178,6 +178,21 @@ mod hpack_benches {
     }
 }
 
+/// Huffman decoding of a 16 KiB header value (printable ASCII), per call: what a header block at
+/// the size limit costs to decode, the bound on one block's work.
+#[divan::bench]
+fn huffman_decode_16k(b: Bencher) {
+    let value: Vec<u8> = (0..16 << 10).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut coded = Vec::new();
+    hpack::huffman::encode(&value, &mut coded);
+    let mut out = Vec::with_capacity(value.len());
+    b.bench_local(|| {
+        out.clear();
+        hpack::huffman::decode(black_box(&coded), &mut out).expect("decodes");
+        black_box(out.len())
+    });
+}
+
 #[divan::bench_group(name = "frame")]
 mod frame_benches {
     use super::*;

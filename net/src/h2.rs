@@ -17,7 +17,7 @@ use crate::limit::TokenBucket;
 
 /// Stream ids of recently closed streams remembered to tell "closed" from "never opened".
 const RECENTLY_CLOSED_MAX: usize = 128;
-/// CONTINUATION frames allowed after one HEADERS frame (a legitimate 64 KiB header list needs 4).
+/// CONTINUATION frames allowed after one HEADERS frame (a legitimate 64 KiB header block needs 4).
 const CONTINUATION_FRAMES_MAX: usize = 64;
 /// Header values longer than this are sent without indexing, so that unique long values (error
 /// texts) do not churn the peer's dynamic table.
@@ -80,7 +80,7 @@ impl Default for Config {
             stream_window_bytes: 1 << 20,
             connection_window_bytes: 16 << 20,
             frame_bytes_max: frame::FRAME_SIZE_DEFAULT,
-            header_list_bytes_max: 64 << 10,
+            header_list_bytes_max: 16 << 10,
             header_table_bytes: 4096,
             ping_policy: None,
             reset_burst: 1000,
@@ -687,6 +687,11 @@ impl Connection {
         }
         let fragment = &payload[start..end];
         let end_stream = hdr.has(flag::END_STREAM);
+        if fragment.len() > self.cfg.header_list_bytes_max as usize {
+            // Larger than the limit even encoded (possible when SETTINGS_MAX_FRAME_SIZE is above it).
+            self.event(|e| e.continuation_floods += 1);
+            return self.conn_error(ErrorCode::ENHANCE_YOUR_CALM, "header block too large");
+        }
         if hdr.has(flag::END_HEADERS) {
             self.on_header_block(id, end_stream, self_dependent, fragment, h)
         } else {
@@ -702,7 +707,7 @@ impl Connection {
         };
         block.frames += 1;
         if block.frames > CONTINUATION_FRAMES_MAX
-            || block.buf.len() + payload.len() > 2 * self.cfg.header_list_bytes_max as usize
+            || block.buf.len() + payload.len() > self.cfg.header_list_bytes_max as usize
         {
             self.event(|e| e.continuation_floods += 1);
             return self.conn_error(ErrorCode::ENHANCE_YOUR_CALM, "header block too large");

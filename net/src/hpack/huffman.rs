@@ -23,7 +23,7 @@ const EOS: u16 = 256;
 const CODE_LEN_MAX: u32 = 30;
 
 /// Width of the single-step decoding table's index: codes up to this length decode in one lookup.
-const FAST_BITS: u32 = 10;
+const FAST_BITS: u32 = 12;
 
 /// Longest padding §5.2 allows: anything longer must be rejected.
 const PADDING_MAX: u32 = 7;
@@ -107,7 +107,36 @@ const fn build_tables() -> Tables {
     t
 }
 
-static TABLES: Tables = build_tables();
+const TABLES_C: Tables = build_tables();
+static TABLES: Tables = TABLES_C;
+
+/// Indexed by the next `FAST_BITS` bits: the one or two symbols whose codes fit in them, as
+/// `sym1 | sym2 << 8 | count << 16 | bits << 20`; count 0 when the first code is longer. Text
+/// codes are mostly 5 to 7 bits, so most steps decode two symbols.
+static PAIRS: [u32; 1 << FAST_BITS] = build_pairs(&TABLES_C.fast);
+
+const fn build_pairs(fast: &[u16; 1 << FAST_BITS]) -> [u32; 1 << FAST_BITS] {
+    let mut t = [0u32; 1 << FAST_BITS];
+    let mask = (1usize << FAST_BITS) - 1;
+    let mut i = 0;
+    while i < t.len() {
+        let first = fast[i];
+        if first != 0 {
+            let (s1, l1) = ((first & 0x1ff) as u32, (first >> 9) as u32);
+            // The second code may use only the bits the first left; a code depends on its own
+            // prefix only, so a lookup with the rest zero-filled is right when it fits.
+            let second = fast[(i << l1) & mask];
+            let (s2, l2) = ((second & 0x1ff) as u32, (second >> 9) as u32);
+            t[i] = if second != 0 && l1 + l2 <= FAST_BITS {
+                s1 | s2 << 8 | 2 << 16 | (l1 + l2) << 20
+            } else {
+                s1 | 1 << 16 | l1 << 20
+            };
+        }
+        i += 1;
+    }
+    t
+}
 
 /// Length in bytes of `src` once Huffman-encoded (padding included).
 pub fn encoded_len(src: &[u8]) -> usize {
@@ -142,7 +171,32 @@ pub fn encode(src: &[u8], dst: &mut Vec<u8>) {
 /// Rejects, per §5.2, padding longer than 7 bits, padding that is not all ones, and a decoded EOS.
 /// `dst` grows by at most `src.len() * 8 / 5 + 1` bytes (the shortest code is 5 bits).
 pub fn decode(src: &[u8], dst: &mut Vec<u8>) -> Result<(), DecodeError> {
-    dst.reserve(src.len() / 5 * 8 + 8);
+    decode_capped(src, dst, usize::MAX).map(|_| ())
+}
+
+/// [`decode`], but stops once more than `cap` bytes would be decoded: returns Ok(false) then, with
+/// the first `cap` decoded bytes appended and the rest of `src` unexamined. This bounds the work a
+/// peer can demand with a string the caller will not keep (a header list over its limit).
+pub fn decode_capped(src: &[u8], dst: &mut Vec<u8>, cap: usize) -> Result<bool, DecodeError> {
+    let start = dst.len();
+    let room = (src.len() / 5 * 8 + 8).min(cap.saturating_add(1));
+    dst.resize(start + room, 0);
+    let out = dst.get_mut(start..).unwrap_or_default();
+    let mut n = 0;
+    let r = decode_into(src, out, &mut n);
+    dst.truncate(start + n.min(cap));
+    match r {
+        Ok(()) if n > cap => Ok(false),
+        Ok(()) => Ok(true),
+        // The output ran out: only possible past `cap` (room covers any complete decoding).
+        Err(None) => Ok(false),
+        Err(Some(e)) => Err(e),
+    }
+}
+
+/// Decodes into `out`, counting into `*n`; Err(None) when `out` is full.
+#[inline]
+fn decode_into(src: &[u8], out: &mut [u8], n: &mut usize) -> Result<(), Option<DecodeError>> {
     let mut input = src.iter();
     // The low `bits` bits of `acc` are input not yet decoded, oldest bit highest.
     let mut acc: u64 = 0;
@@ -153,6 +207,36 @@ pub fn decode(src: &[u8], dst: &mut Vec<u8>) -> Result<(), DecodeError> {
             acc = (acc << 8) | u64::from(b);
             bits += 8;
         }
+        // With at least 30 bits in hand every code is complete: decode without refilling.
+        while bits >= CODE_LEN_MAX {
+            let pair = PAIRS[((acc >> (bits - FAST_BITS)) & ((1 << FAST_BITS) - 1)) as usize];
+            if pair != 0 {
+                if let Some([a, b]) = out.get_mut(*n..*n + 2) {
+                    // Two slots written, one or two used (a spare one is overwritten next).
+                    *a = pair as u8;
+                    *b = (pair >> 8) as u8;
+                    *n += ((pair >> 16) & 0xf) as usize;
+                    bits -= pair >> 20;
+                    continue;
+                }
+            }
+            let fast = TABLES.fast[((acc >> (bits - FAST_BITS)) & ((1 << FAST_BITS) - 1)) as usize];
+            let (sym, len) = if fast != 0 {
+                (fast & 0x1ff, u32::from(fast >> 9))
+            } else {
+                decode_long(((acc >> (bits - CODE_LEN_MAX)) & ((1 << CODE_LEN_MAX) - 1)) as u32)
+            };
+            if sym == EOS {
+                return Err(Some(DecodeError::InvalidHuffman));
+            }
+            *out.get_mut(*n).ok_or(None)? = sym as u8;
+            *n += 1;
+            bits -= len;
+        }
+        if input.len() > 0 {
+            continue;
+        }
+        // The tail: fewer than 30 bits left, no more input.
         if bits == 0 {
             return Ok(());
         }
@@ -165,13 +249,14 @@ pub fn decode(src: &[u8], dst: &mut Vec<u8>) -> Result<(), DecodeError> {
             return if bits <= PADDING_MAX && rest == (1 << bits) - 1 {
                 Ok(())
             } else {
-                Err(DecodeError::InvalidHuffman)
+                Err(Some(DecodeError::InvalidHuffman))
             };
         }
         if sym == EOS {
-            return Err(DecodeError::InvalidHuffman);
+            return Err(Some(DecodeError::InvalidHuffman));
         }
-        dst.push(sym as u8);
+        *out.get_mut(*n).ok_or(None)? = sym as u8;
+        *n += 1;
         bits -= len;
     }
 }

@@ -130,6 +130,8 @@ pub fn decode_integer(src: &[u8], prefix_bits: u8) -> Result<(usize, usize), Dec
 enum Str {
     Block(usize, usize),
     Scratch(usize, usize),
+    /// A Huffman string that decodes to more than the caller's cap (not decoded to its end).
+    Over,
 }
 
 /// Where a literal field's name comes from.
@@ -202,9 +204,9 @@ impl Decoder {
         let mut seen_field = false;
         let mut list_size: usize = 0;
         let mut too_large = false;
-        let mut emit = |name: &[u8], value: &[u8]| {
-            list_size = list_size.saturating_add(name.len() + value.len() + ENTRY_OVERHEAD);
-            if list_size > *max_header_list_size {
+        let mut emit = |list_size: &mut usize, name: &[u8], value: &[u8]| {
+            *list_size = list_size.saturating_add(name.len() + value.len() + ENTRY_OVERHEAD);
+            if *list_size > *max_header_list_size {
                 too_large = true;
             }
             if !too_large {
@@ -220,7 +222,7 @@ impl Decoder {
                 pos += used;
                 seen_field = true;
                 let (name, value) = lookup(table, index)?;
-                emit(name, value);
+                emit(&mut list_size, name, value);
                 continue;
             }
             if first & 0xe0 == 0x20 {
@@ -243,8 +245,15 @@ impl Decoder {
             let (index, used) = decode_integer(rest, if incremental { 6 } else { 4 })?;
             pos += used;
             scratch.clear();
+            // A Huffman string longer than this is not decoded to its end: it would put the list
+            // over its limit (so it is never passed on) and, if it is to be indexed, it is larger
+            // than the whole table (which it then empties, §4.4, whatever its bytes).
+            let mut cap = max_header_list_size.saturating_sub(list_size.saturating_add(ENTRY_OVERHEAD));
+            if incremental {
+                cap = cap.max(table.capacity());
+            }
             let name = if index == 0 {
-                Name::Literal(read_string(block, &mut pos, scratch)?)
+                Name::Literal(read_string(block, &mut pos, scratch, cap)?)
             } else if index <= STATIC_LEN {
                 Name::Static(static_get(index).ok_or(DecodeError::InvalidIndex)?.0)
             } else {
@@ -254,32 +263,40 @@ impl Decoder {
                 }
                 Name::Dynamic(dyn_index)
             };
-            let value = read_string(block, &mut pos, scratch)?;
+            let value = read_string(block, &mut pos, scratch, cap)?;
+            if matches!(value, Str::Over) || matches!(name, Name::Literal(Str::Over)) {
+                // The list is over its limit.
+                list_size = usize::MAX;
+                if incremental {
+                    table.clear();
+                }
+                continue;
+            }
             let value = resolve(block, scratch, value)?;
             match name {
                 Name::Dynamic(i) => {
                     let (name, _) = table.get(i).ok_or(DecodeError::InvalidIndex)?;
-                    emit(name, value);
+                    emit(&mut list_size, name, value);
                     if incremental && !table.insert_with_name_of(i, value) {
                         return Err(DecodeError::InvalidIndex);
                     }
                 }
                 Name::Static(name) => {
-                    emit(name, value);
+                    emit(&mut list_size, name, value);
                     if incremental {
                         table.insert(name, value);
                     }
                 }
                 Name::Literal(s) => {
                     let name = resolve(block, scratch, s)?;
-                    emit(name, value);
+                    emit(&mut list_size, name, value);
                     if incremental {
                         table.insert(name, value);
                     }
                 }
             }
         }
-        if too_large {
+        if too_large || list_size > *max_header_list_size {
             return Err(DecodeError::HeaderListTooLarge);
         }
         Ok(())
@@ -300,8 +317,9 @@ fn lookup(table: &DynamicTable, index: usize) -> Result<(&[u8], &[u8]), DecodeEr
     table.get(index - STATIC_LEN - 1).ok_or(DecodeError::InvalidIndex)
 }
 
-/// Reads a string literal (§5.2) at `*pos`; a Huffman one is decoded onto the end of `scratch`.
-fn read_string(block: &[u8], pos: &mut usize, scratch: &mut Vec<u8>) -> Result<Str, DecodeError> {
+/// Reads a string literal (§5.2) at `*pos`; a Huffman one is decoded onto the end of `scratch`,
+/// unless it decodes to more than `cap` bytes: then `Str::Over`, its bytes skipped.
+fn read_string(block: &[u8], pos: &mut usize, scratch: &mut Vec<u8>, cap: usize) -> Result<Str, DecodeError> {
     let rest = block.get(*pos..).unwrap_or_default();
     let huffman = rest.first().ok_or(DecodeError::Truncated)? & 0x80 != 0;
     let (len, used) = decode_integer(rest, 7)?;
@@ -313,7 +331,10 @@ fn read_string(block: &[u8], pos: &mut usize, scratch: &mut Vec<u8>) -> Result<S
         return Ok(Str::Block(start, end));
     }
     let from = scratch.len();
-    huffman::decode(raw, scratch)?;
+    if !huffman::decode_capped(raw, scratch, cap)? {
+        scratch.truncate(from);
+        return Ok(Str::Over);
+    }
     Ok(Str::Scratch(from, scratch.len()))
 }
 
@@ -321,6 +342,7 @@ fn resolve<'a>(block: &'a [u8], scratch: &'a [u8], s: Str) -> Result<&'a [u8], D
     let found = match s {
         Str::Block(a, b) => block.get(a..b),
         Str::Scratch(a, b) => scratch.get(a..b),
+        Str::Over => None,
     };
     // Unreachable: the ranges were checked when they were made.
     found.ok_or(DecodeError::Truncated)

@@ -342,7 +342,7 @@ impl DynamicTable {
         }
     }
 
-    fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.entries.clear();
         self.bytes.clear();
         self.head = 0;

@@ -378,3 +378,76 @@ fn fields_larger_than_the_table_are_not_indexed() {
     assert_eq!(e.dynamic_table_size(), 7 + 1 + 32);
     assert_eq!(d.dynamic_table_size(), 7 + 1 + 32);
 }
+
+#[test]
+fn header_list_over_the_limit_is_refused_cheaply_and_keeps_the_tables_in_step() {
+    let mut enc = Encoder::new();
+    let mut dec = Decoder::new(DEFAULT_TABLE_SIZE);
+    dec.set_max_header_list_size(1000);
+    let block = |enc: &mut Encoder, list: &[(&str, String, Indexing)]| {
+        let mut b = Vec::new();
+        enc.begin_block(&mut b);
+        for (n, v, i) in list {
+            enc.encode_field(n.as_bytes(), v.as_bytes(), *i, &mut b);
+        }
+        b
+    };
+    // Just under the limit: passes whole (name 5 + value 900 + 32 + "x-a" field 36 < 1000).
+    let b =
+        block(&mut enc, &[("x-a", "1".into(), Indexing::Incremental), ("x-big", "h".repeat(900), Indexing::Without)]);
+    assert_eq!(decode_all(&mut dec, &b).unwrap().len(), 2);
+    // A Huffman value far over the limit, not indexed: refused; only the field before it counts.
+    let b = block(
+        &mut enc,
+        &[("x-c", "3".into(), Indexing::Incremental), ("x-big", "h".repeat(100_000), Indexing::Without)],
+    );
+    assert!(b.len() < 100_000, "the value is Huffman-coded");
+    assert_eq!(dec.decode(&b, |_, _| {}), Err(DecodeError::HeaderListTooLarge));
+    assert_eq!(table_entries(&dec.table), owned(&[("x-c", "3"), ("x-a", "1")]));
+    // Still in step.
+    let list = [("x-d", "4".to_string(), Indexing::Incremental), ("x-e", "5".to_string(), Indexing::Incremental)];
+    let b = block(&mut enc, &list);
+    assert_eq!(decode_all(&mut dec, &b).unwrap(), fields(&[("x-d", "4"), ("x-e", "5")]));
+    let b = block(&mut enc, &list);
+    assert!(b.len() <= 3, "both fields are table references now: {b:?}");
+    assert_eq!(decode_all(&mut dec, &b).unwrap(), fields(&[("x-d", "4"), ("x-e", "5")]));
+
+    // An indexed literal larger than the whole table (our encoder would not index it, so by
+    // hand): not decoded to its end, and the table is emptied as §4.4 says.
+    let mut b = vec![0x40];
+    encode_integer(6, 7, 0, &mut b);
+    b.extend_from_slice(b"x-huge");
+    let mut coded = Vec::new();
+    huffman::encode("h".repeat(50_000).as_bytes(), &mut coded);
+    encode_integer(coded.len(), 7, 0x80, &mut b);
+    b.extend_from_slice(&coded);
+    assert_eq!(dec.decode(&b, |_, _| {}), Err(DecodeError::HeaderListTooLarge));
+    assert_eq!(table_entries(&dec.table), owned(&[]));
+    // A table-sized one under a generous list limit is kept whole.
+    dec.set_max_header_list_size(1 << 20);
+    let mut b = vec![0x40];
+    encode_integer(6, 7, 0, &mut b);
+    b.extend_from_slice(b"x-fits");
+    coded.clear();
+    huffman::encode("h".repeat(4000).as_bytes(), &mut coded);
+    encode_integer(coded.len(), 7, 0x80, &mut b);
+    b.extend_from_slice(&coded);
+    assert_eq!(decode_all(&mut dec, &b).unwrap().len(), 1);
+    assert_eq!(dec.table.len(), 1);
+}
+
+#[test]
+fn huffman_decode_capped_stops_at_the_cap() {
+    let value = "abcdefgh".repeat(100);
+    let mut coded = Vec::new();
+    huffman::encode(value.as_bytes(), &mut coded);
+    let mut out = Vec::new();
+    assert_eq!(huffman::decode_capped(&coded, &mut out, 800), Ok(true));
+    assert_eq!(out, value.as_bytes());
+    out.clear();
+    assert_eq!(huffman::decode_capped(&coded, &mut out, 799), Ok(false));
+    assert_eq!(out, &value.as_bytes()[..799]);
+    out.clear();
+    assert_eq!(huffman::decode_capped(&coded, &mut out, 0), Ok(false));
+    assert!(out.is_empty());
+}
