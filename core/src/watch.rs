@@ -85,7 +85,24 @@ pub struct WatchSynced {
 /// Serves a [`WatchSync`] on the shard: at most [`SYNC_REVISIONS_MAX`] revisions of history.
 pub fn sync<H: History>(store: &Store<H>, ids: &Ids, req: &WatchSync) -> WatchSynced {
     let current = store.current_revision();
-    let from = if req.from_rev == 0 { current + 1 } else { req.from_rev };
+    // etcd 3.4 compares a negative start revision with its compaction mark (-1 before any
+    // compaction): below it, the watch is cancelled as compacted; -1 itself, before any
+    // compaction, reads no history (the revision encodes as a huge key) and watches from now.
+    let first = store.first_revision();
+    if req.from_rev < 0 && first < 0 {
+        if req.from_rev < first {
+            return WatchSynced {
+                watch_id: req.watch_id,
+                create: req.create,
+                ids: *ids,
+                current_rev: current,
+                compact_rev: first,
+                events: Vec::new(),
+                next_rev: 0,
+            };
+        }
+    }
+    let from = if req.from_rev == 0 || (req.from_rev < 0 && first < 0) { current + 1 } else { req.from_rev };
     let mut out = WatchSynced {
         watch_id: req.watch_id,
         create: req.create,
@@ -781,5 +798,35 @@ mod tests {
         });
         assert_eq!(msgs.len(), 1, "no fragments unless asked for");
         assert_eq!(msgs[0].events.len(), 5);
+    }
+
+    #[test]
+    fn negative_start_revisions_answer_as_etcd_3_4() {
+        let mut s: Store = Store::new();
+        for i in 0..5 {
+            s.write().put(b"k", Some(format!("{i}").as_bytes()), None);
+        }
+        let ids = Ids { cluster_id: 1, member_id: 2, raft_term: 3 };
+        let req = |from_rev| WatchSync {
+            watch_id: 0,
+            key: b"k".to_vec(),
+            range_end: Vec::new(),
+            from_rev,
+            prev_kv: false,
+            create: true,
+        };
+        let current = s.current_revision();
+        // Before any compaction: -1 watches from now, below -1 is compacted at -1.
+        let r = sync(&s, &ids, &req(-1));
+        assert_eq!((r.compact_rev, r.next_rev, r.events.len()), (0, current + 1, 0));
+        let r = sync(&s, &ids, &req(-7));
+        assert_eq!(r.compact_rev, -1);
+        // After one: every negative revision is below it.
+        s.compact(3).unwrap();
+        for from in [-1, -7] {
+            assert_eq!(sync(&s, &ids, &req(from)).compact_rev, 3, "from {from}");
+        }
+        let r = sync(&s, &ids, &req(4));
+        assert_eq!((r.compact_rev, r.events.len() as i64), (0, current - 3));
     }
 }

@@ -168,6 +168,16 @@ async fn session(url: String) -> Vec<String> {
     s.drain("B", &mut b).await;
     drop(b);
 
+    // A negative start revision before any compaction: etcd 3.4 watches from now on with -1.
+    // (Below -1 it cancels the watch as compacted, with its compaction mark as the revision:
+    // -1 on a fresh etcd as `etcdctl -w json watch --rev=-7` shows, but -3 at this point of
+    // this session, which we do not reproduce; MetaStore answers -1. The unit tests check it.)
+    let mut n = s.c.watch("w/n", Some(WatchOptions::new().with_start_revision(-1))).await.unwrap();
+    s.drain("N", &mut n).await;
+    s.put("w/n", "1").await;
+    s.drain("N", &mut n).await;
+    drop(n);
+
     // History longer than one catch-up batch (1,000 revisions), from an all-keys watch.
     let from = s.put("h/0", "0").await;
     for i in 1..1500 {
