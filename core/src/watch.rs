@@ -89,18 +89,16 @@ pub fn sync<H: History>(store: &Store<H>, ids: &Ids, req: &WatchSync) -> WatchSy
     // compaction): below it, the watch is cancelled as compacted; -1 itself, before any
     // compaction, reads no history (the revision encodes as a huge key) and watches from now.
     let first = store.first_revision();
-    if req.from_rev < 0 && first < 0 {
-        if req.from_rev < first {
-            return WatchSynced {
-                watch_id: req.watch_id,
-                create: req.create,
-                ids: *ids,
-                current_rev: current,
-                compact_rev: first,
-                events: Vec::new(),
-                next_rev: 0,
-            };
-        }
+    if req.from_rev < first && first < 0 {
+        return WatchSynced {
+            watch_id: req.watch_id,
+            create: req.create,
+            ids: *ids,
+            current_rev: current,
+            compact_rev: first,
+            events: Vec::new(),
+            next_rev: 0,
+        };
     }
     let from = if req.from_rev == 0 || (req.from_rev < 0 && first < 0) { current + 1 } else { req.from_rev };
     let mut out = WatchSynced {
