@@ -98,6 +98,10 @@ pub struct Config {
     /// `--experimental-bench-null`: serve `/metastore.Bench/Null`, a call that does no storage
     /// work, for measuring the transport's ceiling (off by default; not part of the etcd API).
     pub bench_null: bool,
+    /// `--listen-metrics-urls`: extra HTTP/1.1 listeners for /metrics and the health endpoints.
+    pub listen_metrics_urls: Vec<ClientUrl>,
+    /// `--metrics extensive` (default basic): also keep each method's handling-time histogram.
+    pub metrics_extensive: bool,
     /// `--experimental-watch-progress-notify-interval`: how often idle watchers that asked for
     /// it get a progress notification (etcd default 10 minutes).
     pub watch_progress_notify_interval: std::time::Duration,
@@ -160,6 +164,8 @@ impl Default for Config {
             quota_backend_bytes: QUOTA_BYTES_DEFAULT,
             auto_compaction: None,
             bench_null: false,
+            listen_metrics_urls: Vec::new(),
+            metrics_extensive: false,
             watch_progress_notify_interval: std::time::Duration::from_secs(600),
             warning_apply_duration: std::time::Duration::from_millis(100),
             heartbeat_ms: 100,
@@ -357,7 +363,6 @@ const FLAGS: &[Flag] = &[
     Flag { name: "initial-cluster", value: "CLUSTER", help: NO_EFFECT },
     Flag { name: "initial-cluster-state", value: "new|existing", help: NO_EFFECT },
     Flag { name: "wal-dir", value: "DIR", help: NO_EFFECT },
-    Flag { name: "listen-metrics-urls", value: "URLS", help: NO_EFFECT },
     Flag { name: "listen-client-http-urls", value: "URLS", help: NO_EFFECT },
     Flag { name: "experimental-snapshot-catchup-entries", value: "N", help: NO_EFFECT },
     Flag { name: "initial-election-tick-advance", value: BOOL, help: NO_EFFECT },
@@ -368,7 +373,6 @@ const FLAGS: &[Flag] = &[
     Flag { name: "auth-token", value: "TOKEN", help: NO_EFFECT },
     Flag { name: "auth-token-ttl", value: "N", help: NO_EFFECT },
     Flag { name: "bcrypt-cost", value: "N", help: NO_EFFECT },
-    Flag { name: "metrics", value: "basic|extensive", help: NO_EFFECT },
     Flag { name: "enable-grpc-gateway", value: BOOL, help: NO_EFFECT },
     Flag { name: "enable-pprof", value: BOOL, help: NO_EFFECT },
     Flag { name: "cors", value: "ORIGINS", help: NO_EFFECT },
@@ -435,6 +439,18 @@ const FLAGS: &[Flag] = &[
         name: "experimental-watch-progress-notify-interval",
         value: "DURATION",
         help: "Duration of periodic watch progress notifications. (default 10m0s)",
+    },
+    Flag {
+        name: "listen-metrics-urls",
+        value: "URLS",
+        help: "Comma-separated URLs of extra listeners serving /metrics, /health, /livez and /readyz over \
+               HTTP/1.1 (port 0 binds a free port, written to DATA-DIR/metrics-urls). (default none)",
+    },
+    Flag {
+        name: "metrics",
+        value: "basic|extensive",
+        help: "Set level of detail for exported metrics; extensive adds grpc_server_handling_seconds. \
+               (default \"basic\")",
     },
     Flag {
         name: "experimental-bench-null",
@@ -707,6 +723,17 @@ where
                 cfg.quota_backend_bytes = if n == 0 { QUOTA_BYTES_DEFAULT } else { n };
             }
             "experimental-bench-null" => cfg.bench_null = parse_bool(flag.name, &value)?,
+            "listen-metrics-urls" => {
+                cfg.listen_metrics_urls =
+                    if value.is_empty() { Vec::new() } else { parse_urls("listen-metrics-urls", &value)? };
+            }
+            "metrics" => {
+                cfg.metrics_extensive = match value.as_str() {
+                    "basic" => false,
+                    "extensive" => true,
+                    _ => return err(format!("unknown metrics type {value:?}: use basic or extensive")),
+                };
+            }
             "experimental-watch-progress-notify-interval" => {
                 let d = crate::compactor::parse_go_duration(&value).ok_or_else(|| {
                     ConfigError(format!("invalid value {value:?} for flag --{}: not a duration", flag.name))
@@ -993,6 +1020,18 @@ mod tests {
         assert!(fails(&["stray"]).contains("unexpected argument"));
         assert!(fails(&["--max-concurrent-streams", "0"]).contains("at least 1"));
         assert!(fails(&["--experimental-bench-null=maybe"]).contains("invalid boolean value"));
+        assert!(fails(&["--metrics", "verbose"]).contains("unknown metrics type"));
+        assert!(fails(&["--listen-metrics-urls", "https://127.0.0.1:2381"]).contains("TLS"));
+    }
+
+    #[test]
+    fn metrics_flags() {
+        let c = serve(&[]);
+        assert!(!c.metrics_extensive && c.listen_metrics_urls.is_empty());
+        let c = serve(&["--metrics", "extensive", "--listen-metrics-urls", "http://127.0.0.1:0,http://127.0.0.1:2381"]);
+        assert!(c.metrics_extensive);
+        assert_eq!(c.listen_metrics_urls.len(), 2);
+        assert!(!serve(&["--metrics=basic"]).metrics_extensive);
     }
 
     #[test]

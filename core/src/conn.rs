@@ -39,6 +39,11 @@ use crate::shard::{CallRef, Envelope, Outcome, ShardReply, ShardRequest};
 
 /// Bytes read from the socket per read call.
 const READ_BYTES_MAX: usize = 64 << 10;
+/// Most input fed to one connection's codec at a time: with more waiting, the connection lets
+/// the core's other tasks run first, so one client's burst (a 64 KiB read of header blocks to
+/// decode, say) holds up the others for at most this much work. A frame is never split: a
+/// turn whose first frame is larger gets that frame whole.
+const FEED_BYTES_MAX: usize = 16 << 10;
 /// Output not yet taken by the socket above which the reader stops reading; output waiting for
 /// the client's flow-control credit above which no new request is dispatched.
 const OUT_BYTES_MAX: usize = 4 << 20;
@@ -160,6 +165,44 @@ enum Method {
 
 /// The service of [`Method::Null`]: ours, not etcd's.
 const BENCH: &str = "metastore.Bench";
+
+/// Every method MetaStore serves, in [`Method`]'s order (a call's metrics tag is its index):
+/// service, method and go-grpc-prometheus's `grpc_type`.
+pub const METHODS: [(&str, &str, &str); 28] = [
+    (HEALTH, "Check", "unary"),
+    (HEALTH, "Watch", "server_stream"),
+    ("etcdserverpb.KV", "Range", "unary"),
+    ("etcdserverpb.KV", "Put", "unary"),
+    ("etcdserverpb.KV", "DeleteRange", "unary"),
+    ("etcdserverpb.KV", "Txn", "unary"),
+    ("etcdserverpb.KV", "Compact", "unary"),
+    ("etcdserverpb.Maintenance", "Status", "unary"),
+    ("etcdserverpb.Cluster", "MemberList", "unary"),
+    ("etcdserverpb.Maintenance", "Defragment", "unary"),
+    ("etcdserverpb.Maintenance", "Alarm", "unary"),
+    ("etcdserverpb.Maintenance", "Hash", "unary"),
+    ("etcdserverpb.Maintenance", "HashKV", "unary"),
+    ("etcdserverpb.Maintenance", "Snapshot", "server_stream"),
+    ("etcdserverpb.Watch", "Watch", "bidi_stream"),
+    ("etcdserverpb.Lease", "LeaseGrant", "unary"),
+    ("etcdserverpb.Lease", "LeaseRevoke", "unary"),
+    ("etcdserverpb.Lease", "LeaseKeepAlive", "bidi_stream"),
+    ("etcdserverpb.Lease", "LeaseTimeToLive", "unary"),
+    ("etcdserverpb.Lease", "LeaseLeases", "unary"),
+    ("v3lockpb.Lock", "Lock", "unary"),
+    ("v3lockpb.Lock", "Unlock", "unary"),
+    ("v3electionpb.Election", "Campaign", "unary"),
+    ("v3electionpb.Election", "Proclaim", "unary"),
+    ("v3electionpb.Election", "Leader", "unary"),
+    ("v3electionpb.Election", "Observe", "server_stream"),
+    ("v3electionpb.Election", "Resign", "unary"),
+    (BENCH, "Null", "unary"),
+];
+
+/// Per-core call counters sized for [`METHODS`].
+pub fn call_stats(handling_time: bool) -> std::sync::Arc<metastore_net::grpc::CallStats> {
+    std::sync::Arc::new(metastore_net::grpc::CallStats::new(METHODS.len(), handling_time))
+}
 
 /// Maps a call to the method that serves it, or to grpc-go's answer for what we do not serve:
 /// an unknown service, an unknown method, or a method the etcd API has and MetaStore does not
@@ -376,6 +419,7 @@ impl grpc::Service for App {
             ));
         }
         let method = route(call.service, call.method, &self.shared.cfg)?;
+        call.set_tag(method as u16);
         self.calls_started += 1;
         // Health checks are never rate limited: they are how operators see the overload.
         if !matches!(method, Method::HealthCheck | Method::HealthWatch) {
@@ -519,6 +563,7 @@ impl Conn {
                 ..Default::default()
             },
             recv_message_bytes_max: cfg.recv_message_bytes_max(),
+            stats: Some(core.stats().grpc.clone()),
         };
         Self {
             slot,
@@ -919,6 +964,16 @@ async fn read_by(rd: &mut ReadHalf, buf: Vec<u8>, deadline: Option<Instant>) -> 
 
 /// Serves one accepted connection until it closes.
 pub async fn serve(core: Rc<Core>, stream: TcpStream) {
+    serve_on(core, stream, false).await;
+}
+
+/// A connection to a `--listen-metrics-urls` listener: HTTP/1.1 only, and only /metrics and the
+/// health endpoints (etcd's metrics port).
+pub async fn serve_metrics(core: Rc<Core>, stream: TcpStream) {
+    serve_on(core, stream, true).await;
+}
+
+async fn serve_on(core: Rc<Core>, stream: TcpStream, metrics_only: bool) {
     let open = core.sockets.get();
     if open >= core.shared.cfg.max_connections_per_core {
         CoreStats::add(&core.stats().defences.conns_rejected, 1);
@@ -946,7 +1001,9 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
         }
     };
     match proto {
-        Protocol::Http1 => serve_http1(&core, rd, wr, first, started).await,
+        Protocol::Http1 => serve_http1(&core, rd, wr, first, started, metrics_only).await,
+        // The metrics port speaks no gRPC: dropping the stream closes it.
+        Protocol::Http2 if metrics_only => {}
         Protocol::Http2 => serve_h2(core, rd, wr, first, fd, started).await,
     }
 }
@@ -1016,14 +1073,22 @@ async fn serve_h2(core: Rc<Core>, mut rd: ReadHalf, wr: WriteHalf, first: Vec<u8
     let mut peer_eof = false;
     'conn: loop {
         // Feed what we have: straight from the read buffer, or after a partial frame carried over.
-        let input: &[u8] = if pending.is_empty() { &rbuf } else { &pending };
+        let all: &[u8] = if pending.is_empty() { &rbuf } else { &pending };
+        let input = all.get(..FEED_BYTES_MAX).unwrap_or(all);
+        // Whether whole frames are left over after this turn: fed before reading again.
+        let mut more = false;
         if !input.is_empty() {
             let now = Instant::now();
             let mut st = conn.state.borrow_mut();
             let ConnState { grpc, app, .. } = &mut *st;
             grpc.h2.set_now(now);
             app.now = now;
-            let used = grpc.recv(input, app);
+            let mut used = grpc.recv(input, app);
+            if used == 0 && input.len() < all.len() {
+                // A frame larger than one turn's share: feed it whole.
+                used = grpc.recv(all, app);
+            }
+            more = used > 0 && used < all.len();
             if let Some(e) = grpc.h2.take_events() {
                 defences.record(&e);
             }
@@ -1090,6 +1155,11 @@ async fn serve_h2(core: Rc<Core>, mut rd: ReadHalf, wr: WriteHalf, first: Vec<u8
         if conn.state.borrow().grpc.h2.is_done() {
             break;
         }
+        if more {
+            // Whole frames are waiting: let the core's other connections have a turn first.
+            yield_now().await;
+            continue;
+        }
         conn.partial_since.set(owed_since);
         let (res, buf) = rd.read(rbuf).await;
         conn.partial_since.set(None);
@@ -1117,6 +1187,20 @@ async fn serve_h2(core: Rc<Core>, mut rd: ReadHalf, wr: WriteHalf, first: Vec<u8
     st.app.calls.clear();
     drop(st);
     core.remove_conn(conn.slot, conn.gen);
+}
+
+/// Lets the reactor run its other ready tasks (and reap IO completions) before this one goes on.
+async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
 }
 
 /// After we end a connection (GOAWAY sent, write side shut), the peer may still be sending.
@@ -1173,7 +1257,14 @@ async fn write_loop(conn: Rc<Conn>, mut wr: WriteHalf) {
     conn.read_ready.notify();
 }
 
-async fn serve_http1(core: &Core, mut rd: ReadHalf, mut wr: WriteHalf, first: Vec<u8>, started: Instant) {
+async fn serve_http1(
+    core: &Core,
+    mut rd: ReadHalf,
+    mut wr: WriteHalf,
+    first: Vec<u8>,
+    started: Instant,
+    metrics_only: bool,
+) {
     let cfg = &core.shared.cfg;
     let mut buf = first;
     let mut out = Vec::new();
@@ -1185,8 +1276,9 @@ async fn serve_http1(core: &Core, mut rd: ReadHalf, mut wr: WriteHalf, first: Ve
             Ok(Some(req)) => {
                 let total = req.head_len + req.body_len;
                 let close = req.close;
-                let resp = http::route(&core.shared, req.method.as_bytes(), req.path.as_bytes())
-                    .unwrap_or_else(http::not_found);
+                let route = if metrics_only { http::route_metrics } else { http::route };
+                let resp =
+                    route(&core.shared, req.method.as_bytes(), req.path.as_bytes()).unwrap_or_else(http::not_found);
                 http1::write_response(&mut out, resp.status, resp.content_type, &resp.body, close);
                 // Skip the body, reading more if it has not all arrived.
                 while buf.len() < total {
@@ -1270,6 +1362,16 @@ mod tests {
             frame::write_data(&mut b, id, &[0, 0, 0, 0, 0], true, 16_384);
         }
         b
+    }
+
+    #[test]
+    fn the_metrics_table_lists_every_method_in_order() {
+        let cfg = Config { bench_null: true, ..Config::default() };
+        for (i, (service, method, _)) in METHODS.iter().enumerate() {
+            let m = route(service, method, &cfg).unwrap_or_else(|e| panic!("{service}/{method}: {e:?}"));
+            assert_eq!(m as usize, i, "{service}/{method}");
+        }
+        assert_eq!(Method::Null as usize, METHODS.len() - 1, "every method is in the table");
     }
 
     #[test]

@@ -11,6 +11,20 @@ use crate::reactor::Shared;
 use crate::shard::VERSION as ETCD_API_VERSION;
 
 /// The response for a known path; None for anything else.
+/// What a `--listen-metrics-urls` listener serves: /metrics, /health, /livez and /readyz, as
+/// etcd's metrics port (no /version, no gRPC).
+pub fn route_metrics(shared: &Shared, method: &[u8], target: &[u8]) -> Option<HttpResponse> {
+    let path = target.split(|&b| b == b'?').next().unwrap_or(target);
+    let served = path == b"/metrics"
+        || path == b"/health"
+        || [&b"/livez"[..], &b"/readyz"[..]].iter().any(|p| path == *p || path.starts_with(&[p, &b"/"[..]].concat()));
+    if served {
+        route(shared, method, target)
+    } else {
+        None
+    }
+}
+
 pub fn route(shared: &Shared, method: &[u8], target: &[u8]) -> Option<HttpResponse> {
     let mut parts = target.splitn(2, |&b| b == b'?');
     let path = parts.next().unwrap_or(target);
@@ -359,6 +373,7 @@ pub fn metrics(shared: &Shared) -> String {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     }
     crate::metrics::write_etcd(shared, &mut s);
+    crate::metrics::write_grpc(shared, &mut s);
     let _ = writeln!(
         s,
         "# HELP metastore_io_driver The io driver of the reactors.\n# TYPE metastore_io_driver gauge\nmetastore_io_driver{{driver=\"{}\"}} 1",

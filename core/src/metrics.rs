@@ -16,6 +16,79 @@ fn one(s: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt:
     let _ = writeln!(s, "{name} {value}");
 }
 
+/// Appends go-grpc-prometheus's `grpc_server_*` families as etcd exports them: every method
+/// pre-initialised (`handled` with every code), each core's counts summed.
+/// `/metastore.Bench/Null` appears only when it is served.
+pub fn write_grpc(shared: &Shared, s: &mut String) {
+    use metastore_net::grpc::{Code, HANDLING_BUCKETS};
+    let methods: Vec<(usize, &(&str, &str, &str))> = crate::conn::METHODS
+        .iter()
+        .enumerate()
+        .filter(|(_, (svc, _, _))| shared.cfg.bench_null || *svc != "metastore.Bench")
+        .collect();
+    let cores = || shared.stats.iter().map(|c| &*c.grpc);
+    let labels =
+        |(svc, m, t): &(&str, &str, &str)| format!("grpc_method=\"{m}\",grpc_service=\"{svc}\",grpc_type=\"{t}\"");
+    type Get = fn(&metastore_net::grpc::CallStats, usize) -> u64;
+    let simple: [(&str, &str, Get); 3] = [
+        ("grpc_server_started_total", "Total number of RPCs started on the server.", |c, i| c.started(i)),
+        ("grpc_server_msg_received_total", "Total number of RPC stream messages received on the server.", |c, i| {
+            c.received(i)
+        }),
+        ("grpc_server_msg_sent_total", "Total number of gRPC stream messages sent by the server.", |c, i| c.sent(i)),
+    ];
+    for (name, help, get) in simple {
+        family(s, name, "counter", help);
+        for &(i, m) in &methods {
+            let v: u64 = cores().map(|c| get(c, i)).sum();
+            let _ = writeln!(s, "{name}{{{}}} {v}", labels(m));
+        }
+    }
+    family(
+        s,
+        "grpc_server_handled_total",
+        "counter",
+        "Total number of RPCs completed on the server, regardless of success or failure.",
+    );
+    for &(i, m) in &methods {
+        for (code, code_name) in Code::GO_NAMES.iter().enumerate() {
+            let v: u64 = cores().map(|c| c.handled(i, code)).sum();
+            let _ = writeln!(s, "grpc_server_handled_total{{grpc_code=\"{code_name}\",{}}} {v}", labels(m));
+        }
+    }
+    if !shared.stats.first().is_some_and(|c| c.grpc.has_handling_time()) {
+        return;
+    }
+    family(
+        s,
+        "grpc_server_handling_seconds",
+        "histogram",
+        "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+    );
+    for &(i, m) in &methods {
+        let l = labels(m);
+        let mut buckets = [0u64; HANDLING_BUCKETS.len()];
+        let mut sum_us = 0u64;
+        for c in cores() {
+            let (b, us) = c.handling_time(i);
+            for (acc, v) in buckets.iter_mut().zip(b) {
+                *acc += v;
+            }
+            sum_us += us;
+        }
+        // Every handled call was timed: the count is the handled total.
+        let count: u64 = cores().map(|c| (0..Code::COUNT).map(|code| c.handled(i, code)).sum::<u64>()).sum();
+        let mut cumulative = 0;
+        for (le, b) in HANDLING_BUCKETS.iter().zip(buckets) {
+            cumulative += b;
+            let _ = writeln!(s, "grpc_server_handling_seconds_bucket{{{l},le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(s, "grpc_server_handling_seconds_bucket{{{l},le=\"+Inf\"}} {count}");
+        let _ = writeln!(s, "grpc_server_handling_seconds_sum{{{l}}} {}", sum_us as f64 / 1e6);
+        let _ = writeln!(s, "grpc_server_handling_seconds_count{{{l}}} {count}");
+    }
+}
+
 /// Appends etcd's server, MVCC, lease and process metrics.
 pub fn write_etcd(shared: &Shared, s: &mut String) {
     let st = &shared.shard_stats;

@@ -30,7 +30,6 @@ pub const TIMERS_SWEEP_MIN: usize = 4096;
 pub const RING_BATCH_MAX: usize = 256;
 
 /// Counters of one core: written by that core only (relaxed single-writer), summed by readers.
-#[derive(Default)]
 pub struct CoreStats {
     pub conns_open: AtomicU64,
     pub conns_accepted: AtomicU64,
@@ -40,9 +39,30 @@ pub struct CoreStats {
     pub watchers: AtomicU64,
     /// The front door's limits and defences: how often each acted (see `conn::Defences`).
     pub defences: crate::conn::DefenceStats,
+    /// go-grpc-prometheus's per-method counters of the calls on this core's connections.
+    pub grpc: Arc<metastore_net::grpc::CallStats>,
+}
+
+impl Default for CoreStats {
+    fn default() -> Self {
+        Self::new(false)
+    }
 }
 
 impl CoreStats {
+    /// `handling_time`: keep `grpc_server_handling_seconds` too (`--metrics extensive`).
+    pub fn new(handling_time: bool) -> Self {
+        Self {
+            conns_open: Default::default(),
+            conns_accepted: Default::default(),
+            ring_full_waits: Default::default(),
+            shard_requests_sent: Default::default(),
+            watchers: Default::default(),
+            defences: Default::default(),
+            grpc: crate::conn::call_stats(handling_time),
+        }
+    }
+
     pub fn add(c: &AtomicU64, n: u64) {
         // Single writer: a load and a store, no read-modify-write on a contended line.
         c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);

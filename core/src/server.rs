@@ -27,6 +27,8 @@ pub const SHARD_CORE: usize = 0;
 pub const DRAIN_MS_MAX: u64 = 5_000;
 /// The file in the data dir holding the bound client URLs, one per line.
 pub const CLIENT_URLS_FILE: &str = "client-urls";
+/// The bound address of each `--listen-metrics-urls` entry, one URL per line.
+pub const METRICS_URLS_FILE: &str = "metrics-urls";
 const LISTEN_BACKLOG: i32 = 1024;
 
 #[derive(Debug)]
@@ -104,11 +106,11 @@ fn allowed_cpus() -> Vec<usize> {
     }
 }
 
-fn write_client_urls(dir: &Path, addrs: &[SocketAddr]) -> io::Result<()> {
+fn write_urls(dir: &Path, file: &str, addrs: &[SocketAddr]) -> io::Result<()> {
     let body: String = addrs.iter().map(|a| format!("http://{a}\n")).collect();
-    let tmp = dir.join(format!("{CLIENT_URLS_FILE}.tmp"));
+    let tmp = dir.join(format!("{file}.tmp"));
     std::fs::write(&tmp, body)?;
-    std::fs::rename(&tmp, dir.join(CLIENT_URLS_FILE))
+    std::fs::rename(&tmp, dir.join(file))
 }
 
 pub fn start(cfg: Config) -> Result<Server, StartError> {
@@ -123,23 +125,31 @@ pub fn start(cfg: Config) -> Result<Server, StartError> {
 
     // One socket per core per URL. The first binds (port 0 picks a free port, never one shared
     // with another server); the others join that exact port.
-    let mut per_core: Vec<Vec<std::net::TcpListener>> = (0..cores).map(|_| Vec::new()).collect();
+    let mut per_core: Vec<Vec<(std::net::TcpListener, bool)>> = (0..cores).map(|_| Vec::new()).collect();
     let mut client_addrs = Vec::new();
     for url in &cfg.listen_client_urls {
         let first = bind_reuseport(url.addr).map_err(|e| StartError(format!("cannot listen on {url}: {e}")))?;
         let bound =
             first.local_addr().map_err(|e| StartError(format!("cannot read the bound address of {url}: {e}")))?;
-        per_core[0].push(first);
+        per_core[0].push((first, false));
         for listeners in per_core.iter_mut().skip(1) {
             let l = bind_reuseport(bound).map_err(|e| StartError(format!("cannot listen on {bound}: {e}")))?;
-            listeners.push(l);
+            listeners.push((l, false));
         }
         client_addrs.push(bound);
+    }
+    // Metrics listeners: one socket each, on the last core (away from the shard's, core 0).
+    let mut metrics_addrs = Vec::new();
+    for url in &cfg.listen_metrics_urls {
+        let l = bind_reuseport(url.addr).map_err(|e| StartError(format!("cannot listen on {url}: {e}")))?;
+        let bound = l.local_addr().map_err(|e| StartError(format!("cannot read the bound address of {url}: {e}")))?;
+        per_core[cores - 1].push((l, true));
+        metrics_addrs.push(bound);
     }
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         driver: driver_name,
-        stats: (0..cores).map(|_| CoreStats::default()).collect(),
+        stats: (0..cores).map(|_| CoreStats::new(cfg.metrics_extensive)).collect(),
         stop: StopSignal::new(cores),
         shard_stats: Default::default(),
     });
@@ -182,10 +192,17 @@ pub fn start(cfg: Config) -> Result<Server, StartError> {
         }
         return Err(StartError(format!("cannot open the data in {}: {e}", cfg.data_dir.display())));
     }
-    write_client_urls(&cfg.data_dir, &client_addrs)
+    write_urls(&cfg.data_dir, CLIENT_URLS_FILE, &client_addrs)
         .map_err(|e| StartError(format!("cannot write {CLIENT_URLS_FILE} in {}: {e}", cfg.data_dir.display())))?;
     for a in &client_addrs {
         info!(address = %a, "serving client traffic insecurely (h2c gRPC and HTTP/1.1)");
+    }
+    if !metrics_addrs.is_empty() {
+        write_urls(&cfg.data_dir, METRICS_URLS_FILE, &metrics_addrs)
+            .map_err(|e| StartError(format!("cannot write {METRICS_URLS_FILE} in {}: {e}", cfg.data_dir.display())))?;
+    }
+    for a in &metrics_addrs {
+        info!(address = %a, "serving /metrics and health checks insecurely (HTTP/1.1)");
     }
     info!(
         driver = driver_name,
@@ -231,7 +248,7 @@ fn run_core(
     driver: IoDriver,
     shared: Arc<Shared>,
     link: ShardLinkParts,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<(std::net::TcpListener, bool)>,
     ready: Option<std::sync::mpsc::Sender<Result<(), String>>>,
 ) {
     if let Some(cpu) = cpu {
@@ -264,7 +281,7 @@ async fn core_main(
     id: usize,
     shared: Arc<Shared>,
     link: ShardLinkParts,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<(std::net::TcpListener, bool)>,
     ready: Option<std::sync::mpsc::Sender<Result<(), String>>>,
 ) {
     let link = match link {
@@ -301,10 +318,10 @@ async fn core_main(
         },
     };
     let core = Rc::new(Core::new(id, shared.clone(), link));
-    for l in listeners {
+    for (l, metrics) in listeners {
         match monoio::net::TcpListener::from_std(l) {
             Ok(l) => {
-                monoio::spawn(accept_loop(core.clone(), l));
+                monoio::spawn(accept_loop(core.clone(), l, metrics));
             }
             Err(e) => {
                 tracing::error!(core = id, error = %e, "cannot register listener");
@@ -326,10 +343,14 @@ async fn core_main(
     }
 }
 
-async fn accept_loop(core: Rc<Core>, listener: monoio::net::TcpListener) {
+/// Accepts client connections, or with `metrics` those of a `--listen-metrics-urls` listener.
+async fn accept_loop(core: Rc<Core>, listener: monoio::net::TcpListener, metrics: bool) {
     loop {
         monoio::select! {
             r = listener.accept() => match r {
+                Ok((stream, _peer)) if metrics => {
+                    monoio::spawn(crate::conn::serve_metrics(core.clone(), stream));
+                }
                 Ok((stream, _peer)) => {
                     monoio::spawn(crate::conn::serve(core.clone(), stream));
                 }

@@ -8,8 +8,11 @@
 //! one write.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::frame::ErrorCode;
 use crate::h2::{self, Connection, HeaderList};
@@ -25,6 +28,28 @@ const REASSEMBLY_RESERVE_BYTES_MAX: usize = 64 << 10;
 pub struct Code(pub u32);
 
 impl Code {
+    /// Codes 0 to 16.
+    pub const COUNT: usize = 17;
+    /// grpc-go's names (`codes.Code.String()`), what go-grpc-prometheus puts in `grpc_code`.
+    pub const GO_NAMES: [&'static str; Self::COUNT] = [
+        "OK",
+        "Canceled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
+        "Unauthenticated",
+    ];
     pub const OK: Self = Self(0);
     pub const CANCELLED: Self = Self(1);
     pub const UNKNOWN: Self = Self(2);
@@ -77,13 +102,118 @@ pub struct Config {
     pub h2: h2::Config,
     /// Largest request message accepted; larger ones get RESOURCE_EXHAUSTED before buffering.
     pub recv_message_bytes_max: usize,
+    /// Where calls are counted (calls the service tagged, see [`CallHead::set_tag`]).
+    pub stats: Option<Arc<CallStats>>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { h2: h2::Config::default(), recv_message_bytes_max: RECV_MESSAGE_BYTES_DEFAULT }
+        Self { h2: h2::Config::default(), recv_message_bytes_max: RECV_MESSAGE_BYTES_DEFAULT, stats: None }
     }
 }
+
+/// Upper bounds (seconds) of the handling-time histogram: Prometheus' default buckets, which
+/// go-grpc-prometheus uses for `grpc_server_handling_seconds`.
+pub const HANDLING_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// go-grpc-prometheus's counters per method (a method is the tag its calls carry): started,
+/// messages received and sent, handled by code, and optionally the handling time. Meant to be
+/// written by one thread (every connection of one core shares one) and read by any: each
+/// update is a relaxed load and store, no read-modify-write.
+#[derive(Debug)]
+pub struct CallStats {
+    methods: usize,
+    started: Box<[AtomicU64]>,
+    received: Box<[AtomicU64]>,
+    sent: Box<[AtomicU64]>,
+    /// `methods x Code::COUNT`.
+    handled: Box<[AtomicU64]>,
+    /// `methods x (buckets, then the sum in microseconds)`, when handling time is kept.
+    handling: Option<Box<[AtomicU64]>>,
+}
+
+const HANDLING_SLOTS: usize = HANDLING_BUCKETS.len() + 1;
+
+fn zeros(n: usize) -> Box<[AtomicU64]> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
+}
+
+fn bump(c: Option<&AtomicU64>, n: u64) {
+    if let Some(c) = c {
+        c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+}
+
+impl CallStats {
+    /// Counters for tags `0..methods`; `handling_time`: also the histogram (etcd's
+    /// `--metrics=extensive`).
+    pub fn new(methods: usize, handling_time: bool) -> Self {
+        Self {
+            methods,
+            started: zeros(methods),
+            received: zeros(methods),
+            sent: zeros(methods),
+            handled: zeros(methods * Code::COUNT),
+            handling: handling_time.then(|| zeros(methods * HANDLING_SLOTS)),
+        }
+    }
+
+    pub fn methods(&self) -> usize {
+        self.methods
+    }
+
+    fn get(v: &[AtomicU64], i: usize) -> u64 {
+        v.get(i).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    pub fn started(&self, tag: usize) -> u64 {
+        Self::get(&self.started, tag)
+    }
+
+    pub fn received(&self, tag: usize) -> u64 {
+        Self::get(&self.received, tag)
+    }
+
+    pub fn sent(&self, tag: usize) -> u64 {
+        Self::get(&self.sent, tag)
+    }
+
+    pub fn handled(&self, tag: usize, code: usize) -> u64 {
+        Self::get(&self.handled, tag * Code::COUNT + code)
+    }
+
+    /// Whether handling time is kept.
+    pub fn has_handling_time(&self) -> bool {
+        self.handling.is_some()
+    }
+
+    /// Calls per bucket of [`HANDLING_BUCKETS`] (not cumulative), and the total time in
+    /// microseconds.
+    pub fn handling_time(&self, tag: usize) -> ([u64; HANDLING_BUCKETS.len()], u64) {
+        let mut b = [0; HANDLING_BUCKETS.len()];
+        let Some(h) = &self.handling else { return (b, 0) };
+        for (i, v) in b.iter_mut().enumerate() {
+            *v = Self::get(h, tag * HANDLING_SLOTS + i);
+        }
+        (b, Self::get(h, tag * HANDLING_SLOTS + HANDLING_BUCKETS.len()))
+    }
+
+    fn on_handled(&self, tag: usize, code: Code, started: Option<Instant>, now: Instant) {
+        bump(self.handled.get(tag * Code::COUNT + (code.0 as usize).min(Code::COUNT - 1)), 1);
+        if let (Some(h), Some(t0)) = (&self.handling, started) {
+            let took = now.saturating_duration_since(t0);
+            let secs = took.as_secs_f64();
+            // A call slower than the last bound is counted in +Inf only (count minus buckets).
+            if let Some(i) = HANDLING_BUCKETS.iter().position(|&b| secs <= b) {
+                bump(h.get(tag * HANDLING_SLOTS + i), 1);
+            }
+            bump(h.get(tag * HANDLING_SLOTS + HANDLING_BUCKETS.len()), took.as_micros() as u64);
+        }
+    }
+}
+
+/// A call's tag when the service gave none: not counted.
+const NO_TAG: u16 = u16::MAX;
 
 /// What the application sees of a new gRPC call.
 pub struct CallHead<'a> {
@@ -93,6 +223,14 @@ pub struct CallHead<'a> {
     pub timeout: Option<Duration>,
     /// All request headers (metadata such as `token` or `hasleader`).
     pub headers: &'a HeaderList,
+    tag: Cell<u16>,
+}
+
+impl CallHead<'_> {
+    /// Counts this call, once accepted, under `tag` in [`Config::stats`].
+    pub fn set_tag(&self, tag: u16) {
+        self.tag.set(tag);
+    }
 }
 
 /// A plain HTTP response (for requests that are not gRPC).
@@ -138,6 +276,9 @@ struct Call {
     /// Length of the message being reassembled into `body`.
     body_len: Option<usize>,
     body: Vec<u8>,
+    /// Where the call is counted ([`NO_TAG`]: nowhere), and since when (handling time).
+    tag: u16,
+    started: Option<Instant>,
 }
 
 type CallMap = HashMap<u32, Call>;
@@ -153,6 +294,7 @@ pub struct GrpcConn {
     actions: Vec<Action>,
     scratch: Vec<u8>,
     recv_message_bytes_max: usize,
+    stats: Option<Arc<CallStats>>,
 }
 
 impl GrpcConn {
@@ -163,6 +305,7 @@ impl GrpcConn {
             actions: Vec::new(),
             scratch: Vec::with_capacity(4096),
             recv_message_bytes_max: cfg.recv_message_bytes_max,
+            stats: cfg.stats,
         }
     }
 
@@ -173,6 +316,8 @@ impl GrpcConn {
             actions: &mut self.actions,
             svc,
             recv_message_bytes_max: self.recv_message_bytes_max,
+            stats: self.stats.as_deref(),
+            now: self.h2.now(),
         };
         let n = self.h2.recv(input, &mut adapter);
         let mut actions = std::mem::take(&mut self.actions);
@@ -207,6 +352,9 @@ impl GrpcConn {
         if !self.ensure_headers(id) {
             return;
         }
+        if let (Some(stats), Some(call)) = (&self.stats, self.calls.get(&id)) {
+            bump(stats.sent.get(usize::from(call.tag)), 1);
+        }
         self.scratch.clear();
         self.scratch.extend_from_slice(&[0; PREFIX_LEN]);
         encode(&mut self.scratch);
@@ -232,6 +380,7 @@ impl GrpcConn {
         let Some(call) = self.calls.remove(&id) else {
             return;
         };
+        self.handled(&call, status.code);
         let code = itoa_u32(status.code.0);
         let message = percent_encode(&status.message);
         if call.headers_sent {
@@ -265,8 +414,20 @@ impl GrpcConn {
     /// Cancels a call from the server side (deadline passed): RST_STREAM(CANCEL), as grpc-go does
     /// after sending DEADLINE_EXCEEDED.
     pub fn cancel(&mut self, id: u32) {
-        if self.calls.remove(&id).is_some() {
+        if let Some(call) = self.calls.remove(&id) {
+            self.handled(&call, Code::DEADLINE_EXCEEDED);
             self.h2.reset_stream(id, ErrorCode::CANCEL);
+        }
+    }
+
+    fn handled(&self, call: &Call, code: Code) {
+        if let Some(stats) = &self.stats {
+            if call.tag != NO_TAG {
+                // The clock is read only for the histogram: calls end outside `recv` (a
+                // shard's reply), where the time last passed in is stale.
+                let now = if call.started.is_some() { Instant::now() } else { self.h2.now() };
+                stats.on_handled(usize::from(call.tag), code, call.started, now);
+            }
         }
     }
 
@@ -291,11 +452,26 @@ impl GrpcConn {
     }
 }
 
+impl Drop for GrpcConn {
+    /// Calls still open when the connection goes end as their handlers would: Canceled.
+    fn drop(&mut self) {
+        if self.stats.is_some() {
+            for call in self.calls.values() {
+                if !call.failed {
+                    self.handled(call, Code::CANCELLED);
+                }
+            }
+        }
+    }
+}
+
 struct Adapter<'a, S> {
     calls: &'a mut CallMap,
     actions: &'a mut Vec<Action>,
     svc: &'a mut S,
     recv_message_bytes_max: usize,
+    stats: Option<&'a CallStats>,
+    now: Instant,
 }
 
 impl<S: Service> Adapter<'_, S> {
@@ -331,6 +507,9 @@ impl<S: Service> Adapter<'_, S> {
                 if call.body.len() == want {
                     call.body_len = None;
                     let body = std::mem::take(&mut call.body);
+                    if let Some(stats) = self.stats {
+                        bump(stats.received.get(usize::from(call.tag)), 1);
+                    }
                     let r = self.svc.on_message(id, &body);
                     if let Some(call) = self.calls.get_mut(&id) {
                         call.body = body;
@@ -378,6 +557,9 @@ impl<S: Service> Adapter<'_, S> {
                 // The whole message is in this frame: no copy.
                 let (msg, rest) = data.split_at(len);
                 data = rest;
+                if let Some(stats) = self.stats {
+                    bump(stats.received.get(usize::from(call.tag)), 1);
+                }
                 self.svc.on_message(id, msg)?;
             } else {
                 call.body.clear();
@@ -407,6 +589,8 @@ impl<S: Service> h2::Handler for Adapter<'_, S> {
             prefix_len: 0,
             body_len: None,
             body: Vec::new(),
+            tag: NO_TAG,
+            started: None,
         };
         if !is_grpc {
             let method = headers.get(b":method").unwrap_or(b"");
@@ -455,12 +639,24 @@ impl<S: Service> h2::Handler for Adapter<'_, S> {
             self.fail(id, 200, Status::new(Code::UNIMPLEMENTED, format!("malformed method name: {p:?}")));
             return;
         };
-        let head = CallHead { service, method, timeout, headers };
-        if let Err(status) = self.svc.on_call(id, &head) {
+        let head = CallHead { service, method, timeout, headers, tag: Cell::new(NO_TAG) };
+        let accepted = self.svc.on_call(id, &head);
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        // A call the service tagged is counted even if it refuses it (too many requests...),
+        // as go-grpc-prometheus's interceptor counts what the handler returns.
+        call.tag = head.tag.get();
+        if let Some(stats) = self.stats {
+            if call.tag != NO_TAG {
+                bump(stats.started.get(usize::from(call.tag)), 1);
+                if stats.handling.is_some() {
+                    call.started = Some(self.now);
+                }
+            }
+        }
+        if let Err(status) = accepted {
             self.fail(id, 200, status);
             return;
         }
-        let Some(call) = self.calls.get_mut(&id) else { return };
         call.accepted = true;
         // As grpc-go, once the method is known: a message codec we do not have fails the call
         // before any message is read (the gRPC compression spec's UNIMPLEMENTED).
@@ -515,6 +711,10 @@ impl<S: Service> h2::Handler for Adapter<'_, S> {
         if let Some(call) = self.calls.remove(&id) {
             if call.accepted && !call.failed {
                 self.svc.on_cancel(id);
+                // What the handler returns when its client goes away.
+                if let (Some(stats), true) = (self.stats, call.tag != NO_TAG) {
+                    stats.on_handled(usize::from(call.tag), Code::CANCELLED, call.started, self.now);
+                }
             }
         }
     }

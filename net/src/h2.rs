@@ -350,6 +350,11 @@ impl Connection {
 
     /// Tells the connection the time, for the policies that count it (pings, resets, idle
     /// frames). Until called, the time of [`Connection::new`] stands.
+    /// The time last given to [`Connection::set_now`] (or the connection's creation).
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
     pub fn set_now(&mut self, now: Instant) {
         self.now = now;
     }
