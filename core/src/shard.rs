@@ -939,6 +939,11 @@ impl<D: Disk> Shard<D> {
         if self.flushing_ready.is_some() {
             return None;
         }
+        // What was appended lazily (history, a commit index) waits for the next batch that must
+        // be synced, unless a checkpoint waits for the log to be written out.
+        if !self.log.borrow().needs_sync() && !self.checkpoint_wanted() {
+            return None;
+        }
         let started = self.log.borrow_mut().start_flush();
         match started {
             Ok(Some(f)) => {
@@ -969,6 +974,9 @@ impl<D: Disk> Shard<D> {
                 self.flush_done(done, &mut replies);
             } else if let Some(why) = &self.failed {
                 return Err(why.clone());
+            } else if self.raft.applied_index() >= target {
+                // Applied in that drive, with nothing that needed a sync.
+                break;
             } else if !self.raft.has_ready() {
                 return Err(format!(
                     "recovery stalled: applied {} of the {target} entries in the log",
@@ -1133,12 +1141,16 @@ impl<D: Disk> Shard<D> {
 
     /// A checkpoint is due (enough entries applied since the last one, or one was asked for;
     /// none being written; all history durable): its image, and the applied index it covers.
+    fn checkpoint_wanted(&self) -> bool {
+        !self.checkpointing
+            && (self.force_checkpoint || self.raft.applied_index() >= self.last_checkpoint + self.snapshot_count)
+    }
+
     pub fn checkpoint_due(&mut self) -> Option<(u64, Vec<u8>)> {
         let applied = self.raft.applied_index();
-        let wanted = self.force_checkpoint || applied >= self.last_checkpoint + self.snapshot_count;
         if self.checkpointing
             || self.failed.is_some()
-            || !wanted
+            || !self.checkpoint_wanted()
             || self.store.history().unflushed() > 0
             || self.log.borrow().pending_bytes() > 0
             || self.flushing_ready.is_some()
@@ -1566,11 +1578,12 @@ pub(crate) mod tests {
         let mut replies = Replies::default();
         let f = s.drive(&mut replies).expect("the put's batch");
         s.flush_done(now(f.run()), &mut replies);
-        // Committed, applied and answered; the hard state with its commit index goes into the
-        // next batch, whose flush never completes.
+        // Committed, applied and answered; the hard state with its commit index (and the
+        // history record) wait, unsynced, for the next batch that must be synced: none comes
+        // before the crash.
         let next = s.drive(&mut replies);
         assert_eq!(replies.local.len(), 1, "the put was acknowledged");
-        assert!(next.is_some(), "the commit index waits in the next batch");
+        assert!(next.is_none(), "nothing that must be durable is pending: no second sync");
         let mut s2 = Shard::open(disk.crash_clean(), &cfg(), member()).unwrap();
         assert_eq!(s2.store().current_revision(), 1, "open alone applies up to the durable commit index");
         now(s2.finish_recovery()).unwrap();

@@ -428,7 +428,14 @@ impl RaftNode {
             self.locations.insert(e.index, loc);
         }
         if let Some(hs) = rd.hs() {
-            log.append(kind::HARD_STATE, |b| encode_hard_state(b, hs))?;
+            let prev = &self.raw.store().hard_state;
+            // raft's MustSync: a new term or vote must be durable before anything is sent; a
+            // commit index alone need not (recovery commits those entries again).
+            if hs.term != prev.term || hs.vote != prev.vote || !entries.is_empty() {
+                log.append(kind::HARD_STATE, |b| encode_hard_state(b, hs))?;
+            } else {
+                log.append_lazy(kind::HARD_STATE, |b| encode_hard_state(b, hs))?;
+            }
             self.raw.mut_store().hard_state = hs.clone();
         }
         self.raw.mut_store().append(&entries);

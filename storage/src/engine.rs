@@ -177,7 +177,8 @@ impl<D: Disk> History for DurableHistory<D> {
     fn insert(&mut self, rev: Revision, rec: &Arc<Record>) {
         // A failed log refuses the append; the record then lives in memory only, and the
         // failure stops writes at the next flush (the request itself is durable as a raft entry).
-        let appended = self.log.borrow_mut().append(kind::HISTORY, |b| encode_history(b, rev, rec));
+        // Lazy: the raft entry that made this record is durable already, and replay remakes it.
+        let appended = self.log.borrow_mut().append_lazy(kind::HISTORY, |b| encode_history(b, rev, rec));
         let bytes = (rec.key.len() + rec.value.len() + 57 + crate::log::RECORD_HEADER_BYTES) as u32;
         let loc = appended.unwrap_or(Location { segment: u64::MAX, offset: u64::MAX });
         self.slots.insert(rev, Slot { loc, mem: Some(rec.clone()), bytes });

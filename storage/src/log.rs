@@ -152,6 +152,9 @@ pub struct Log<D: Disk> {
     /// The pending batch, framed (begins with the segment header if `head` is new).
     pending: Vec<u8>,
     pending_records: u32,
+    /// Whether the pending batch holds a record that must be durable before it counts (see
+    /// [`Log::append_lazy`]).
+    pending_needs_sync: bool,
     head_is_new: bool,
     in_flight: bool,
     /// Everything before this is durable.
@@ -317,6 +320,7 @@ impl<D: Disk> Log<D> {
             pending_at: 0,
             pending: Vec::new(),
             pending_records: 0,
+            pending_needs_sync: false,
             head_is_new: false,
             in_flight: false,
             durable: Location::default(),
@@ -421,6 +425,18 @@ impl<D: Disk> Log<D> {
 
     /// Appends a record to the pending batch; returns where it will be.
     pub fn append(&mut self, kind: u8, payload: impl FnOnce(&mut Vec<u8>)) -> Result<Location, LogError> {
+        let loc = self.append_lazy(kind, payload)?;
+        self.pending_needs_sync = true;
+        Ok(loc)
+    }
+
+    /// Appends a record that nothing waits on being durable by itself — one that recovery can
+    /// do without, such as a history record (replaying its raft entry writes it again) or a hard
+    /// state that only moves the commit index (etcd does not sync for those either: raft's
+    /// `MustSync`). It goes out with the next batch that must be synced ([`Log::needs_sync`]),
+    /// so a write costs one sync, not one for its entry and another for what applying it
+    /// appended.
+    pub fn append_lazy(&mut self, kind: u8, payload: impl FnOnce(&mut Vec<u8>)) -> Result<Location, LogError> {
         self.check()?;
         debug_assert!(kind::is_valid(kind) && kind != kind::COMMIT);
         if self.pending.is_empty() && self.head_is_new {
@@ -435,6 +451,12 @@ impl<D: Disk> Log<D> {
     /// Bytes waiting for the next flush.
     pub fn pending_bytes(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Whether the pending batch holds a record appended with [`Log::append`] (one that must
+    /// be durable): only then is a flush needed, unless the caller wants everything out.
+    pub fn needs_sync(&self) -> bool {
+        self.pending_needs_sync
     }
 
     pub fn is_flushing(&self) -> bool {
@@ -486,6 +508,7 @@ impl<D: Disk> Log<D> {
         let flush = Flush { file: seg.file.clone(), offset: self.pending_at, buf, end };
         self.pending_at = end.offset;
         self.pending_records = 0;
+        self.pending_needs_sync = false;
         self.in_flight = true;
         if self.pending_at >= self.cfg.segment_bytes {
             self.start_segment();

@@ -246,3 +246,23 @@ fn repair_cuts_at_the_first_bad_record_and_the_log_opens_again() {
     assert_eq!(got.len(), before_cut, "everything before the bad record is kept");
     assert!(repair(disk.clone(), Path::new(DIR)).unwrap().is_empty(), "a second repair finds nothing");
 }
+
+#[test]
+fn lazy_records_wait_for_a_batch_that_must_be_synced() {
+    let disk = FaultDisk::new();
+    let (mut log, _) = open(&disk).unwrap();
+    assert!(!log.needs_sync());
+    let h = log.append_lazy(kind::HISTORY, |b| b.extend_from_slice(b"history")).unwrap();
+    assert!(!log.needs_sync(), "a lazy record alone does not ask for a sync");
+    let e = log.append(kind::RAFT_ENTRY, |b| b.extend_from_slice(b"entry")).unwrap();
+    assert!(log.needs_sync());
+    let syncs = disk.syncs();
+    let f = log.start_flush().unwrap().unwrap();
+    assert!(!log.needs_sync(), "the flush took both");
+    log.finish_flush(now(f.run())).unwrap();
+    assert_eq!(disk.syncs() - syncs, 1, "one sync carried the lazy record and the entry");
+    assert_eq!(log.read(h).unwrap(), (kind::HISTORY, b"history".to_vec()));
+    assert_eq!(log.read(e).unwrap(), (kind::RAFT_ENTRY, b"entry".to_vec()));
+    let (_, got) = open(&disk).unwrap();
+    assert_eq!(got, vec![b"history".to_vec(), b"entry".to_vec()]);
+}
