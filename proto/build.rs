@@ -14,6 +14,10 @@ const FILES: &[&str] = &[
     "proto/v3lockpb/v3lock.proto",
     "proto/v3electionpb/v3election.proto",
     "proto/grpc/health/v1/health.proto",
+    "proto/opentelemetry/proto/common/v1/common.proto",
+    "proto/opentelemetry/proto/resource/v1/resource.proto",
+    "proto/opentelemetry/proto/trace/v1/trace.proto",
+    "proto/opentelemetry/proto/collector/trace/v1/trace_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

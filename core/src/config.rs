@@ -116,8 +116,48 @@ pub struct Config {
     /// `--experimental-warning-apply-duration` (etcd default 100 ms): a request the shard takes
     /// longer than this to answer is logged as slow, with its method, key prefix and stage.
     pub warning_apply_duration: std::time::Duration,
+    /// `--experimental-enable-distributed-tracing` and its companions: OpenTelemetry spans of
+    /// gRPC calls, exported over OTLP/gRPC (off by default, as in etcd).
+    pub tracing: Tracing,
     /// What parsing noticed and did not refuse (ignored flags, unknown variables): logged at start.
     pub warnings: Vec<String>,
+}
+
+/// etcd 3.5's distributed tracing settings (`--experimental-distributed-tracing-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tracing {
+    /// `--experimental-enable-distributed-tracing` (default false): export a span per sampled
+    /// gRPC call.
+    pub enabled: bool,
+    /// `--experimental-distributed-tracing-address`: the collector's OTLP/gRPC endpoint,
+    /// `host:port` (default `localhost:4317`), spoken to in plaintext (h2c), as etcd does.
+    pub address: String,
+    /// `--experimental-distributed-tracing-service-name` (default `etcd`): the resource's
+    /// `service.name`.
+    pub service_name: String,
+    /// `--experimental-distributed-tracing-instance-id` (default none): the resource's
+    /// `service.instance.id`, when set.
+    pub instance_id: String,
+    /// `--experimental-distributed-tracing-sampling-rate`: calls sampled per million that carry
+    /// no sampling decision of their own (default 0: none). A call whose W3C `traceparent` says
+    /// sampled is always sampled, one that says not sampled never is (OpenTelemetry's
+    /// parent-based sampler, as etcd configures it).
+    pub sampling_rate_per_million: u32,
+}
+
+/// The sampling rate's unit and upper bound: one million (etcd's `maxSamplingRatePerMillion`).
+pub const SAMPLING_RATE_MAX: u32 = 1_000_000;
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            address: "localhost:4317".into(),
+            service_name: "etcd".into(),
+            instance_id: String::new(),
+            sampling_rate_per_million: 0,
+        }
+    }
 }
 
 /// `--log-outputs`: `default`/`stderr`, `stdout`, or a file (appended to).
@@ -168,6 +208,7 @@ impl Default for Config {
             metrics_extensive: false,
             watch_progress_notify_interval: std::time::Duration::from_secs(600),
             warning_apply_duration: std::time::Duration::from_millis(100),
+            tracing: Tracing::default(),
             heartbeat_ms: 100,
             election_timeout_ms: 1000,
             log_level: "info".into(),
@@ -414,11 +455,37 @@ const FLAGS: &[Flag] = &[
     Flag { name: "experimental-downgrade-check-time", value: "DURATION", help: NO_EFFECT },
     Flag { name: "experimental-memory-mlock", value: BOOL, help: NO_EFFECT },
     Flag { name: "experimental-bootstrap-defrag-threshold-megabytes", value: "N", help: NO_EFFECT },
-    Flag { name: "experimental-enable-distributed-tracing", value: BOOL, help: NO_EFFECT },
-    Flag { name: "experimental-distributed-tracing-address", value: "ADDRESS", help: NO_EFFECT },
-    Flag { name: "experimental-distributed-tracing-service-name", value: "NAME", help: NO_EFFECT },
-    Flag { name: "experimental-distributed-tracing-instance-id", value: "ID", help: NO_EFFECT },
-    Flag { name: "experimental-distributed-tracing-sampling-rate", value: "N", help: NO_EFFECT },
+    Flag {
+        name: "experimental-enable-distributed-tracing",
+        value: BOOL,
+        help: "Enable distributed tracing: a span per sampled gRPC call, exported with OpenTelemetry's OTLP/gRPC \
+               to --experimental-distributed-tracing-address. (default false)",
+    },
+    Flag {
+        name: "experimental-distributed-tracing-address",
+        value: "HOST:PORT",
+        help: "The OTLP/gRPC collector spans are sent to, in plaintext (if enabled with \
+               experimental-enable-distributed-tracing flag). (default \"localhost:4317\")",
+    },
+    Flag {
+        name: "experimental-distributed-tracing-service-name",
+        value: "NAME",
+        help: "The service.name of the exported spans; use the same for every member (if enabled with \
+               experimental-enable-distributed-tracing flag). (default \"etcd\")",
+    },
+    Flag {
+        name: "experimental-distributed-tracing-instance-id",
+        value: "ID",
+        help: "The service.instance.id of the exported spans, unique per member; unset when empty (if enabled \
+               with experimental-enable-distributed-tracing flag). (default \"\")",
+    },
+    Flag {
+        name: "experimental-distributed-tracing-sampling-rate",
+        value: "N",
+        help: "Calls to sample per million, 0 to 1000000, among those whose W3C traceparent metadata does not \
+               decide: a call whose traceparent says sampled is traced as that trace's child, one that says not \
+               sampled is not (if enabled with experimental-enable-distributed-tracing flag). (default 0)",
+    },
     Flag { name: "experimental-peer-skip-client-san-verification", value: BOOL, help: NO_EFFECT },
     Flag { name: "raft-read-timeout", value: "DURATION", help: NO_EFFECT },
     Flag { name: "raft-write-timeout", value: "DURATION", help: NO_EFFECT },
@@ -613,6 +680,8 @@ where
     let mut data_dir: Option<PathBuf> = None;
     let mut compaction_mode = String::from("periodic");
     let mut compaction_retention = String::from("0");
+    // Checked once every setting is in: etcd validates these only with tracing enabled.
+    let mut sampling_rate: i64 = 0;
     for (flag, value, source) in settings {
         let name = flag.name;
         let value = if source == Source::Env { value.trim().to_string() } else { value };
@@ -743,6 +812,12 @@ where
                 }
                 cfg.watch_progress_notify_interval = d;
             }
+            "experimental-enable-distributed-tracing" => cfg.tracing.enabled = parse_bool(name, &value)?,
+            "experimental-distributed-tracing-address" => cfg.tracing.address = value,
+            "experimental-distributed-tracing-service-name" => cfg.tracing.service_name = value,
+            "experimental-distributed-tracing-instance-id" => cfg.tracing.instance_id = value,
+            // Go's int flag: any integer parses; the range is checked below, as etcd does.
+            "experimental-distributed-tracing-sampling-rate" => sampling_rate = parse_num(name, &value)?,
             "config-file" => {}
             "heartbeat-interval" => cfg.heartbeat_ms = parse_num(name, &value)?,
             "experimental-warning-apply-duration" => {
@@ -812,10 +887,36 @@ where
             cfg.election_timeout_ms
         ));
     }
+    if cfg.tracing.enabled {
+        validate_tracing(&cfg.tracing.address, sampling_rate)?;
+    }
+    cfg.tracing.sampling_rate_per_million = sampling_rate.clamp(0, i64::from(SAMPLING_RATE_MAX)) as u32;
     cfg.data_dir = data_dir.unwrap_or_else(|| PathBuf::from(format!("{}.metastore", cfg.name)));
     cfg.auto_compaction = crate::compactor::parse(&compaction_mode, &compaction_retention).map_err(ConfigError)?;
     cfg.warnings = warnings;
     Ok(Command::Serve(Box::new(cfg)))
+}
+
+/// etcd's checks of the tracing settings (its `validateTracingConfig`, with its messages), and
+/// that the address is `host:port`: with tracing on, the rate lies in 0..=1,000,000.
+fn validate_tracing(address: &str, rate: i64) -> Result<(), ConfigError> {
+    let why = if rate < 0 {
+        Some("tracing sampling rate must be positive".to_string())
+    } else if rate > i64::from(SAMPLING_RATE_MAX) {
+        Some(format!("tracing sampling rate must be less than {SAMPLING_RATE_MAX}"))
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        return err(format!("distributed tracing configurition is not valid: ({why})"));
+    }
+    let port = address.rsplit_once(':').filter(|(host, _)| !host.is_empty()).map(|(_, p)| p.parse::<u16>());
+    if address.contains("://") || !matches!(port, Some(Ok(p)) if p != 0) {
+        return err(format!(
+            "--experimental-distributed-tracing-address: {address:?} is not HOST:PORT (e.g. localhost:4317)"
+        ));
+    }
+    Ok(())
 }
 
 fn flag_named(name: &str) -> &'static Flag {
@@ -1126,6 +1227,88 @@ mod tests {
         assert!(fails(&["--logger", "capnslog"]).contains("not supported"));
         assert!(fails(&["--log-level", "loud"]).contains("unknown level"));
         assert!(fails(&["--log-outputs", "stderr,stdout"]).contains("one output"));
+    }
+
+    #[test]
+    fn distributed_tracing_flags() {
+        // Off by default, with etcd's defaults.
+        let c = serve(&[]);
+        assert_eq!(c.tracing, Tracing::default());
+        assert!(!c.tracing.enabled);
+        assert_eq!(
+            (c.tracing.address.as_str(), c.tracing.service_name.as_str(), c.tracing.instance_id.as_str()),
+            ("localhost:4317", "etcd", "")
+        );
+        assert_eq!(c.tracing.sampling_rate_per_million, 0);
+        let c = serve(&[
+            "--experimental-enable-distributed-tracing",
+            "--experimental-distributed-tracing-address=127.0.0.1:4318",
+            "--experimental-distributed-tracing-service-name",
+            "kv",
+            "--experimental-distributed-tracing-instance-id",
+            "m1",
+            "--experimental-distributed-tracing-sampling-rate",
+            "1000000",
+        ]);
+        assert!(c.warnings.is_empty(), "these flags act now: {:?}", c.warnings);
+        let want = Tracing {
+            enabled: true,
+            address: "127.0.0.1:4318".into(),
+            service_name: "kv".into(),
+            instance_id: "m1".into(),
+            sampling_rate_per_million: 1_000_000,
+        };
+        assert_eq!(c.tracing, want);
+        // A host name is resolved when exporting (e.g. a collector's service name).
+        let c = serve(&[
+            "--experimental-enable-distributed-tracing=true",
+            "--experimental-distributed-tracing-address",
+            "otel-collector:4317",
+        ]);
+        assert_eq!(c.tracing.address, "otel-collector:4317");
+        // Through the environment and a config file, as every flag.
+        let c = serve_env(
+            &[],
+            &[
+                ("ETCD_EXPERIMENTAL_ENABLE_DISTRIBUTED_TRACING", "true"),
+                ("ETCD_EXPERIMENTAL_DISTRIBUTED_TRACING_SAMPLING_RATE", "10"),
+            ],
+        )
+        .unwrap();
+        assert!(c.tracing.enabled);
+        assert_eq!(c.tracing.sampling_rate_per_million, 10);
+        let f = write(
+            "tracing.yaml",
+            "experimental-enable-distributed-tracing: true\nexperimental-distributed-tracing-service-name: filed\n",
+        );
+        let c = serve_env(&["--config-file", &f], &[]).unwrap();
+        assert!(c.tracing.enabled);
+        assert_eq!(c.tracing.service_name, "filed");
+        // Bad values, with etcd's messages where etcd has one.
+        let on = "--experimental-enable-distributed-tracing";
+        let e = fails(&[on, "--experimental-distributed-tracing-sampling-rate", "-1"]);
+        assert_eq!(e, "distributed tracing configurition is not valid: (tracing sampling rate must be positive)");
+        let e = fails(&[on, "--experimental-distributed-tracing-sampling-rate", "1000001"]);
+        assert_eq!(
+            e,
+            "distributed tracing configurition is not valid: (tracing sampling rate must be less than 1000000)"
+        );
+        assert!(fails(&[on, "--experimental-distributed-tracing-sampling-rate", "often"]).contains("not a number"));
+        assert!(fails(&["--experimental-enable-distributed-tracing=maybe"]).contains("invalid boolean value"));
+        for bad in ["localhost", "http://localhost:4317", ":4317", "localhost:x", "localhost:0", "localhost:70000", ""]
+        {
+            let e = fails(&[on, "--experimental-distributed-tracing-address", bad]);
+            assert!(e.contains("is not HOST:PORT"), "{bad:?}: {e}");
+        }
+        // As etcd: with tracing off, the other settings are not checked.
+        let c = serve(&[
+            "--experimental-distributed-tracing-sampling-rate",
+            "-5",
+            "--experimental-distributed-tracing-address",
+            "x",
+        ]);
+        assert!(!c.tracing.enabled);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]

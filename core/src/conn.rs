@@ -400,6 +400,8 @@ struct App {
     /// `--request-rate-limit-per-connection` and `--request-rate-limit-per-core`.
     bucket: Option<TokenBucket>,
     core_bucket: Option<Rc<Cell<TokenBucket>>>,
+    /// `--experimental-enable-distributed-tracing`: the core's tracer, which samples calls.
+    tracer: Option<Rc<crate::otel::CoreTracer>>,
 }
 
 impl App {
@@ -420,6 +422,11 @@ impl grpc::Service for App {
         }
         let method = route(call.service, call.method, &self.shared.cfg)?;
         call.set_tag(method as u16);
+        if let Some(t) = &self.tracer {
+            if let Some(token) = t.start(method as u16, |name| call.headers.get(name)) {
+                call.set_trace(token);
+            }
+        }
         self.calls_started += 1;
         // Health checks are never rate limited: they are how operators see the overload.
         if !matches!(method, Method::HealthCheck | Method::HealthWatch) {
@@ -564,6 +571,7 @@ impl Conn {
             },
             recv_message_bytes_max: cfg.recv_message_bytes_max(),
             stats: Some(core.stats().grpc.clone()),
+            observer: core.tracer.clone().map(|t| t as Rc<dyn grpc::CallObserver>),
         };
         Self {
             slot,
@@ -585,6 +593,7 @@ impl Conn {
                     dispatched: 0,
                     bucket: rate_bucket(cfg.request_rate_per_connection).map(|b| b.get()),
                     core_bucket: core.request_bucket.clone(),
+                    tracer: core.tracer.clone(),
                 },
                 closing: false,
             }),

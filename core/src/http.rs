@@ -372,6 +372,13 @@ pub fn metrics(shared: &Shared) -> String {
     ] {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     }
+    let _ = writeln!(
+        s,
+        "# HELP metastore_trace_spans_dropped_total Spans not exported: the ring to the trace exporter was full, or too many sampled calls were open.\n# TYPE metastore_trace_spans_dropped_total counter"
+    );
+    for (i, c) in shared.stats.iter().enumerate() {
+        let _ = writeln!(s, "metastore_trace_spans_dropped_total{{core=\"{i}\"}} {}", get(&c.spans_dropped));
+    }
     crate::metrics::write_etcd(shared, &mut s);
     crate::metrics::write_grpc(shared, &mut s);
     let _ = writeln!(

@@ -14,6 +14,8 @@ pub mod http;
 pub mod lease;
 pub mod metrics;
 pub mod notify;
+pub mod otel;
+pub mod otlp;
 pub mod reactor;
 pub mod ring;
 pub mod server;

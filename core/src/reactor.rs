@@ -41,6 +41,9 @@ pub struct CoreStats {
     pub defences: crate::conn::DefenceStats,
     /// go-grpc-prometheus's per-method counters of the calls on this core's connections.
     pub grpc: Arc<metastore_net::grpc::CallStats>,
+    /// Finished spans dropped because the ring to the trace exporter was full, or sampled calls
+    /// not traced because too many were open (`--experimental-enable-distributed-tracing`).
+    pub spans_dropped: AtomicU64,
 }
 
 impl Default for CoreStats {
@@ -60,6 +63,7 @@ impl CoreStats {
             watchers: Default::default(),
             defences: Default::default(),
             grpc: crate::conn::call_stats(handling_time),
+            spans_dropped: Default::default(),
         }
     }
 
@@ -233,6 +237,8 @@ pub struct Core {
     pub sockets: Cell<u32>,
     /// `--request-rate-limit-per-core`: the bucket all this core's connections draw from.
     pub request_bucket: Option<Rc<Cell<metastore_net::limit::TokenBucket>>>,
+    /// `--experimental-enable-distributed-tracing`: this core's tracer (None: off).
+    pub tracer: Option<Rc<crate::otel::CoreTracer>>,
 }
 
 impl Core {
@@ -262,6 +268,7 @@ impl Core {
             resubmits: RefCell::new(std::collections::VecDeque::new()),
             sockets: Cell::new(0),
             request_bucket: crate::conn::rate_bucket(shared.cfg.request_rate_per_core),
+            tracer: None,
         }
     }
 

@@ -45,6 +45,9 @@ impl std::error::Error for StartError {}
 pub struct Server {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    /// The trace exporter (`--experimental-enable-distributed-tracing`), finished after the
+    /// cores so that the spans of the last calls go out too.
+    exporter: Option<crate::otel::Exporter>,
     /// The bound address of each `--listen-client-urls` entry.
     pub client_addrs: Vec<SocketAddr>,
 }
@@ -55,12 +58,15 @@ impl Server {
         self.shared.stop.stop();
     }
 
-    /// Waits until every core has stopped.
+    /// Waits until every core has stopped (and the spans they finished are exported).
     pub fn join(self) {
         for t in self.threads {
             if t.join().is_err() {
                 warn!("a core thread panicked while stopping");
             }
+        }
+        if let Some(e) = self.exporter {
+            e.finish();
         }
     }
 
@@ -154,6 +160,11 @@ pub fn start(cfg: Config) -> Result<Server, StartError> {
         shard_stats: Default::default(),
     });
 
+    // Finished spans go from each core to the exporter thread, started once recovery succeeded.
+    let (span_rings, span_consumers) =
+        if cfg.tracing.enabled { crate::otel::rings(cores) } else { (Vec::new(), Vec::new()) };
+    let mut span_rings = span_rings.into_iter();
+
     // Rings: every other core → shard core (requests), shard core → every other core (replies).
     let mut inbound = Vec::new();
     let mut links: Vec<Option<ShardLinkParts>> = (0..cores).map(|_| None).collect();
@@ -177,9 +188,10 @@ pub fn start(cfg: Config) -> Result<Server, StartError> {
         let cpu = (!cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         let Some(link) = link else { continue };
         let ready = if id == SHARD_CORE { ready_tx.take() } else { None };
+        let spans = span_rings.next();
         let t = std::thread::Builder::new()
             .name(format!("metastore-core-{id}"))
-            .spawn(move || run_core(id, cpu, driver, shared, link, listeners, ready))
+            .spawn(move || run_core(id, cpu, driver, shared, link, listeners, ready, spans))
             .map_err(|e| StartError(format!("cannot start core thread {id}: {e}")))?;
         threads.push(t);
     }
@@ -192,6 +204,20 @@ pub fn start(cfg: Config) -> Result<Server, StartError> {
         }
         return Err(StartError(format!("cannot open the data in {}: {e}", cfg.data_dir.display())));
     }
+    let exporter = if cfg.tracing.enabled {
+        match crate::otel::Exporter::start(&cfg.tracing, span_consumers) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                shared.stop.stop();
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(StartError(format!("cannot start the trace exporter thread: {e}")));
+            }
+        }
+    } else {
+        None
+    };
     write_urls(&cfg.data_dir, CLIENT_URLS_FILE, &client_addrs)
         .map_err(|e| StartError(format!("cannot write {CLIENT_URLS_FILE} in {}: {e}", cfg.data_dir.display())))?;
     for a in &client_addrs {
@@ -211,7 +237,7 @@ pub fn start(cfg: Config) -> Result<Server, StartError> {
         name = %cfg.name,
         "metastore started"
     );
-    Ok(Server { shared, threads, client_addrs })
+    Ok(Server { shared, threads, exporter, client_addrs })
 }
 
 enum ShardLinkParts {
@@ -242,6 +268,7 @@ fn member_info(cfg: &Config) -> MemberInfo {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_core(
     id: usize,
     cpu: Option<usize>,
@@ -250,13 +277,14 @@ fn run_core(
     link: ShardLinkParts,
     listeners: Vec<(std::net::TcpListener, bool)>,
     ready: Option<std::sync::mpsc::Sender<Result<(), String>>>,
+    spans: Option<rtrb::Producer<crate::otel::SpanRecord>>,
 ) {
     if let Some(cpu) = cpu {
         if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
             warn!(core = id, cpu, error = ?e, "cannot pin core thread");
         }
     }
-    let main = core_main(id, shared.clone(), link, listeners, ready);
+    let main = core_main(id, shared.clone(), link, listeners, ready, spans);
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match driver {
         IoDriver::Uring => {
             RuntimeBuilder::<IoUringDriver>::new().enable_timer().build().map(|mut rt| rt.block_on(main))
@@ -283,6 +311,7 @@ async fn core_main(
     link: ShardLinkParts,
     listeners: Vec<(std::net::TcpListener, bool)>,
     ready: Option<std::sync::mpsc::Sender<Result<(), String>>>,
+    spans: Option<rtrb::Producer<crate::otel::SpanRecord>>,
 ) {
     let link = match link {
         ShardLinkParts::Local(inbound) => {
@@ -317,7 +346,9 @@ async fn core_main(
             space: Default::default(),
         },
     };
-    let core = Rc::new(Core::new(id, shared.clone(), link));
+    let mut core = Core::new(id, shared.clone(), link);
+    core.tracer = spans.map(|out| Rc::new(crate::otel::CoreTracer::new(shared.clone(), id, out)));
+    let core = Rc::new(core);
     for (l, metrics) in listeners {
         match monoio::net::TcpListener::from_std(l) {
             Ok(l) => {

@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -104,12 +105,29 @@ pub struct Config {
     pub recv_message_bytes_max: usize,
     /// Where calls are counted (calls the service tagged, see [`CallHead::set_tag`]).
     pub stats: Option<Arc<CallStats>>,
+    /// Told how each call the service marked with [`CallHead::set_trace`] ended.
+    pub observer: Option<Rc<dyn CallObserver>>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { h2: h2::Config::default(), recv_message_bytes_max: RECV_MESSAGE_BYTES_DEFAULT, stats: None }
+        Self {
+            h2: h2::Config::default(),
+            recv_message_bytes_max: RECV_MESSAGE_BYTES_DEFAULT,
+            stats: None,
+            observer: None,
+        }
     }
+}
+
+/// Hears how marked calls end (tracing: a span ends with its call). For every call marked with
+/// [`CallHead::set_trace`], `on_end` is called exactly once, whichever way the call goes:
+/// finished by the service, failed by the codec, reset by the client, cut by a deadline, or
+/// still open when the connection is dropped (then `CANCELLED`). Calls no one marked cost
+/// nothing.
+pub trait CallObserver: std::fmt::Debug {
+    /// The call marked with `token` ended with `code` (and `message`, empty for OK).
+    fn on_end(&self, token: u32, code: Code, message: &str);
 }
 
 /// Upper bounds (seconds) of the handling-time histogram: Prometheus' default buckets, which
@@ -224,12 +242,19 @@ pub struct CallHead<'a> {
     /// All request headers (metadata such as `token` or `hasleader`).
     pub headers: &'a HeaderList,
     tag: Cell<u16>,
+    trace: Cell<Option<u32>>,
 }
 
 impl CallHead<'_> {
     /// Counts this call, once accepted, under `tag` in [`Config::stats`].
     pub fn set_tag(&self, tag: u16) {
         self.tag.set(tag);
+    }
+
+    /// Reports this call's end to [`Config::observer`] under `token` (see [`CallObserver`]),
+    /// even if the service then refuses it.
+    pub fn set_trace(&self, token: u32) {
+        self.trace.set(Some(token));
     }
 }
 
@@ -279,6 +304,8 @@ struct Call {
     /// Where the call is counted ([`NO_TAG`]: nowhere), and since when (handling time).
     tag: u16,
     started: Option<Instant>,
+    /// The [`CallObserver`]'s token, when the service marked the call.
+    trace: Option<u32>,
 }
 
 type CallMap = HashMap<u32, Call>;
@@ -295,6 +322,7 @@ pub struct GrpcConn {
     scratch: Vec<u8>,
     recv_message_bytes_max: usize,
     stats: Option<Arc<CallStats>>,
+    observer: Option<Rc<dyn CallObserver>>,
 }
 
 impl GrpcConn {
@@ -306,6 +334,7 @@ impl GrpcConn {
             scratch: Vec::with_capacity(4096),
             recv_message_bytes_max: cfg.recv_message_bytes_max,
             stats: cfg.stats,
+            observer: cfg.observer,
         }
     }
 
@@ -317,6 +346,7 @@ impl GrpcConn {
             svc,
             recv_message_bytes_max: self.recv_message_bytes_max,
             stats: self.stats.as_deref(),
+            observer: self.observer.as_deref(),
             now: self.h2.now(),
         };
         let n = self.h2.recv(input, &mut adapter);
@@ -380,7 +410,7 @@ impl GrpcConn {
         let Some(call) = self.calls.remove(&id) else {
             return;
         };
-        self.handled(&call, status.code);
+        self.handled(&call, status.code, &status.message);
         let code = itoa_u32(status.code.0);
         let message = percent_encode(&status.message);
         if call.headers_sent {
@@ -415,12 +445,16 @@ impl GrpcConn {
     /// after sending DEADLINE_EXCEEDED.
     pub fn cancel(&mut self, id: u32) {
         if let Some(call) = self.calls.remove(&id) {
-            self.handled(&call, Code::DEADLINE_EXCEEDED);
+            self.handled(&call, Code::DEADLINE_EXCEEDED, "");
             self.h2.reset_stream(id, ErrorCode::CANCEL);
         }
     }
 
-    fn handled(&self, call: &Call, code: Code) {
+    /// The call ended (it has just left `calls`, so this runs once per call).
+    fn handled(&self, call: &Call, code: Code, message: &str) {
+        if let (Some(token), Some(observer)) = (call.trace, &self.observer) {
+            observer.on_end(token, code, message);
+        }
         if let Some(stats) = &self.stats {
             if call.tag != NO_TAG {
                 // The clock is read only for the histogram: calls end outside `recv` (a
@@ -455,10 +489,14 @@ impl GrpcConn {
 impl Drop for GrpcConn {
     /// Calls still open when the connection goes end as their handlers would: Canceled.
     fn drop(&mut self) {
-        if self.stats.is_some() {
+        if self.stats.is_some() || self.observer.is_some() {
             for call in self.calls.values() {
                 if !call.failed {
-                    self.handled(call, Code::CANCELLED);
+                    self.handled(call, Code::CANCELLED, "");
+                } else if let (Some(token), Some(observer)) = (call.trace, &self.observer) {
+                    // Failed, but its answer never left (it is sent within `recv`, so this is
+                    // only a safeguard): the observer still hears of its end.
+                    observer.on_end(token, Code::CANCELLED, "");
                 }
             }
         }
@@ -471,6 +509,7 @@ struct Adapter<'a, S> {
     svc: &'a mut S,
     recv_message_bytes_max: usize,
     stats: Option<&'a CallStats>,
+    observer: Option<&'a dyn CallObserver>,
     now: Instant,
 }
 
@@ -591,6 +630,7 @@ impl<S: Service> h2::Handler for Adapter<'_, S> {
             body: Vec::new(),
             tag: NO_TAG,
             started: None,
+            trace: None,
         };
         if !is_grpc {
             let method = headers.get(b":method").unwrap_or(b"");
@@ -639,12 +679,13 @@ impl<S: Service> h2::Handler for Adapter<'_, S> {
             self.fail(id, 200, Status::new(Code::UNIMPLEMENTED, format!("malformed method name: {p:?}")));
             return;
         };
-        let head = CallHead { service, method, timeout, headers, tag: Cell::new(NO_TAG) };
+        let head = CallHead { service, method, timeout, headers, tag: Cell::new(NO_TAG), trace: Cell::new(None) };
         let accepted = self.svc.on_call(id, &head);
         let Some(call) = self.calls.get_mut(&id) else { return };
         // A call the service tagged is counted even if it refuses it (too many requests...),
         // as go-grpc-prometheus's interceptor counts what the handler returns.
         call.tag = head.tag.get();
+        call.trace = head.trace.get();
         if let Some(stats) = self.stats {
             if call.tag != NO_TAG {
                 bump(stats.started.get(usize::from(call.tag)), 1);
@@ -715,6 +756,10 @@ impl<S: Service> h2::Handler for Adapter<'_, S> {
                 if let (Some(stats), true) = (self.stats, call.tag != NO_TAG) {
                     stats.on_handled(usize::from(call.tag), Code::CANCELLED, call.started, self.now);
                 }
+            }
+            // Even a failed call: its answer (queued) will not find it, so this is its end.
+            if let (Some(token), Some(observer)) = (call.trace, self.observer) {
+                observer.on_end(token, Code::CANCELLED, "");
             }
         }
     }

@@ -24,11 +24,16 @@ struct Svc {
     ev: Vec<Ev>,
     reject: Option<Status>,
     fail_messages: bool,
+    /// Mark every call for the observer, with token `100 + id` (`CallHead::set_trace`).
+    trace: bool,
 }
 
 impl Service for Svc {
     fn on_call(&mut self, id: u32, call: &CallHead<'_>) -> Result<(), Status> {
         self.ev.push(Ev::Call(id, call.service.into(), call.method.into(), call.timeout));
+        if self.trace {
+            call.set_trace(100 + id);
+        }
         match &self.reject {
             Some(s) => Err(s.clone()),
             None => Ok(()),
@@ -431,4 +436,70 @@ fn empty_request_stream() {
         true,
     );
     assert_eq!(c.svc.ev, [Ev::Call(1, "a.B".into(), "C".into(), None), Ev::HalfClose(1)]);
+}
+
+/// What a `CallObserver` heard: (token, code, message) per ended call.
+#[derive(Debug, Default)]
+struct Ends(std::cell::RefCell<Vec<(u32, u32, String)>>);
+
+impl grpc::CallObserver for Ends {
+    fn on_end(&self, token: u32, code: Code, message: &str) {
+        self.0.borrow_mut().push((token, code.0, message.to_string()));
+    }
+}
+
+/// Tracing's hook: every marked call is reported exactly once, with the status it ended with,
+/// whichever way it ends; unmarked calls never are.
+#[test]
+fn observer_hears_each_marked_call_end_once() {
+    let ends = std::rc::Rc::new(Ends::default());
+    let cfg = grpc::Config { observer: Some(ends.clone()), ..Default::default() };
+    let mut c = Client::new(cfg);
+    let took = |ends: &Ends| std::mem::take(&mut *ends.0.borrow_mut());
+
+    // Not marked: nothing, however it ends.
+    c.call(1, "/a.B/C", &[]);
+    c.data(1, &msg(b"x"), true);
+    c.conn.reply(1, |b| b.push(1));
+    assert_eq!(took(&ends), []);
+
+    c.svc.trace = true;
+    // Replied.
+    c.call(3, "/a.B/C", &[]);
+    c.data(3, &msg(b"x"), true);
+    c.conn.reply(3, |b| b.push(1));
+    c.conn.reply(3, |b| b.push(1)); // a second answer to a finished call: no second end
+    assert_eq!(took(&ends), [(103, 0, String::new())]);
+    // Finished with an error by the service.
+    c.call(5, "/a.B/C", &[]);
+    c.conn.finish(5, &Status::new(Code::UNAVAILABLE, "gone"));
+    assert_eq!(took(&ends), [(105, 14, "gone".to_string())]);
+    // Refused by the service in on_call, after marking it.
+    c.svc.reject = Some(Status::new(Code::RESOURCE_EXHAUSTED, "etcdserver: too many requests"));
+    c.call(7, "/a.B/C", &[]);
+    c.svc.reject = None;
+    assert_eq!(took(&ends), [(107, 8, "etcdserver: too many requests".to_string())]);
+    // Failed by the codec (a compressed message without grpc-encoding).
+    c.call(9, "/a.B/C", &[]);
+    c.data(9, &[1, 0, 0, 0, 0], false);
+    assert_eq!(took(&ends), [(109, 13, "grpc: compressed flag set with identity or empty encoding".to_string())]);
+    // Reset by the client.
+    c.call(11, "/a.B/C", &[]);
+    let mut b = Vec::new();
+    frame::write_rst_stream(&mut b, 11, frame::ErrorCode::CANCEL);
+    c.feed(&b);
+    c.conn.finish(11, &Status::ok()); // the service's late answer: no second end
+    assert_eq!(took(&ends), [(111, 1, String::new())]);
+    // Cut by its deadline.
+    c.call(13, "/a.B/C", &[]);
+    c.conn.cancel(13);
+    assert_eq!(took(&ends), [(113, 4, String::new())]);
+    // Still open when the connection goes.
+    c.call(15, "/a.B/C", &[]);
+    c.call(17, "/a.B/C", &[]);
+    assert_eq!(took(&ends), []);
+    drop(c);
+    let mut last = took(&ends);
+    last.sort();
+    assert_eq!(last, [(115, 1, String::new()), (117, 1, String::new())]);
 }

@@ -41,6 +41,38 @@ pub mod health {
     include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
 }
 
+/// OTLP, the OpenTelemetry protocol: the messages MetaStore sends to a trace collector
+/// (`--experimental-enable-distributed-tracing`), nested as the proto packages are
+/// (`opentelemetry.proto.trace.v1` is `opentelemetry::proto::trace::v1`) so that prost's
+/// `super::` paths between them resolve.
+#[allow(clippy::all, clippy::pedantic, clippy::nursery)]
+pub mod opentelemetry {
+    pub mod proto {
+        pub mod common {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/opentelemetry.proto.common.v1.rs"));
+            }
+        }
+        pub mod resource {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/opentelemetry.proto.resource.v1.rs"));
+            }
+        }
+        pub mod trace {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/opentelemetry.proto.trace.v1.rs"));
+            }
+        }
+        pub mod collector {
+            pub mod trace {
+                pub mod v1 {
+                    include!(concat!(env!("OUT_DIR"), "/opentelemetry.proto.collector.trace.v1.rs"));
+                }
+            }
+        }
+    }
+}
+
 /// A gRPC service: its fully qualified name (`package.Service`, as in the `:path`
 /// `/package.Service/Method`) and its methods in declaration order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
