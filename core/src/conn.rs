@@ -386,6 +386,8 @@ struct App {
     ready: VecDeque<Work>,
     arm: Vec<(Instant, u32)>,
     cancelled: Vec<u32>,
+    /// Reset calls that may wait in the shard (see [`abandon`]).
+    abandoned: Vec<u32>,
     /// Responses wait for the client's flow-control credit over the bound: requests are read
     /// but not dispatched.
     held: bool,
@@ -512,8 +514,11 @@ impl grpc::Service for App {
     }
 
     fn on_cancel(&mut self, id: u32) {
-        if self.calls.remove(&id).is_some() {
+        if let Some(call) = self.calls.remove(&id) {
             self.cancelled.push(id);
+            if waits_in_shard(&call) {
+                self.abandoned.push(id);
+            }
         }
     }
 
@@ -586,6 +591,7 @@ impl Conn {
                     ready: VecDeque::new(),
                     arm: Vec::new(),
                     cancelled: Vec::new(),
+                    abandoned: Vec::new(),
                     held: false,
                     core_id: core.id,
                     now: Instant::now(),
@@ -672,11 +678,20 @@ impl Conn {
     /// A deadline armed for `stream` passed.
     pub fn on_deadline(&self, core: &Core, stream: u32, at: Instant) {
         let mut st = self.state.borrow_mut();
-        let due = st.app.calls.get(&stream).is_some_and(|c| c.deadline == Some(at));
-        if !due {
+        let Some(call) = st.app.calls.get(&stream).filter(|c| c.deadline == Some(at)) else {
             return;
+        };
+        let waits = waits_in_shard(call);
+        // etcd's Lock and Campaign return their recipe's context error, which its grpc-go
+        // (1.26) sends as Unknown.
+        let status = match call.method {
+            Method::Lock | Method::Campaign => Status::new(Code::UNKNOWN, "context deadline exceeded"),
+            _ => deadline_exceeded(),
+        };
+        st.end_call(core, stream, &status);
+        if waits {
+            abandon(core, st.app.call_ref(stream), false);
         }
-        st.end_call(core, stream, &deadline_exceeded());
         drop(st);
         self.write_ready.notify();
     }
@@ -764,6 +779,19 @@ fn deadline_exceeded() -> Status {
     Status::new(Code::DEADLINE_EXCEEDED, "context deadline exceeded")
 }
 
+/// Whether a call may be waiting in the shard for the store to change (Lock, Campaign,
+/// Observe): when its client goes, the shard must hear of it.
+fn waits_in_shard(call: &CallCtx) -> bool {
+    call.got_message && matches!(call.method, Method::Lock | Method::Campaign | Method::Observe)
+}
+
+/// Tells the shard that `call`'s client went (or every call of its connection, `whole_conn`):
+/// a waiting Lock or Campaign then removes its key, as etcd's recipes do on a cancelled context.
+/// Sent in order after the call's own requests (by the watch task, which also sends Observe's).
+fn abandon(core: &Core, call: CallRef, whole_conn: bool) {
+    core.resubmit(Envelope { call, deadline: None, req: ShardRequest::Abandon { whole_conn } });
+}
+
 fn encode_health(status: ServingStatus) -> impl FnOnce(&mut Vec<u8>) {
     move |buf| {
         // Encoding into a Vec cannot fail: it grows as needed.
@@ -790,6 +818,9 @@ impl ConnState {
             }
             drop(hub);
             self.app.cancelled.clear();
+        }
+        for stream in std::mem::take(&mut self.app.abandoned) {
+            abandon(core, self.app.call_ref(stream), false);
         }
         while let Some(work) = self.app.ready.pop_front() {
             match work {
@@ -1193,6 +1224,9 @@ async fn serve_h2(core: Rc<Core>, mut rd: ReadHalf, wr: WriteHalf, first: Vec<u8
     }
     // Calls still open die with the connection.
     let mut st = conn.state.borrow_mut();
+    if !st.app.abandoned.is_empty() || st.app.calls.values().any(waits_in_shard) {
+        abandon(&core, st.app.call_ref(0), true);
+    }
     st.app.calls.clear();
     drop(st);
     core.remove_conn(conn.slot, conn.gen);

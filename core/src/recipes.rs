@@ -11,6 +11,11 @@
 //! recipes are plain (gRPC Unknown) with Go's texts. Known difference: Observe reports the
 //! leader's newest value when it looks, so two puts to the leader key in one round reach an
 //! observer as one update (etcd's watch-based observer sends both).
+//!
+//! A client that goes while its Lock or Campaign waits (RST_STREAM, its deadline, a closed
+//! connection) leaves no ghost: its connection's core sends the shard an `Abandon`, and the key
+//! the call put is deleted through raft, as the recipes' error paths do in etcd (`Mutex.Lock`
+//! unlocks, `Election.Campaign` resigns), so later waiters are not held up until its lease ends.
 
 use metastore_net::grpc::{Code, Status};
 use metastore_proto::etcdserverpb as pb;
@@ -192,6 +197,26 @@ fn to_kv(r: &Hit<'_>) -> metastore_proto::mvccpb::KeyValue {
         value: r.value.to_vec(),
         lease: r.lease,
     }
+}
+
+/// Whether `w` is the call `gone` names (with `whole_conn`, any call of its connection).
+fn same_call(w: Waiter, gone: Waiter, whole_conn: bool) -> bool {
+    let (a, b) = match (w, gone) {
+        (Waiter::Local(a), Waiter::Local(b)) => (a, b),
+        (Waiter::Remote { ring: r1, call: a }, Waiter::Remote { ring: r2, call: b }) if r1 == r2 => (a, b),
+        _ => return false,
+    };
+    a.conn_slot == b.conn_slot && a.conn_gen == b.conn_gen && (whole_conn || a.stream == b.stream)
+}
+
+/// Go's `Election.Resign`: the candidate's key goes if it is still the one created at `rev`.
+fn resign_txn(key: &[u8], rev: i64) -> pb::TxnRequest {
+    pb::TxnRequest { compare: vec![create_is(key, rev)], success: vec![delete(key)], failure: Vec::new() }
+}
+
+/// What an abandoned call is answered (no one reads it: the call has ended at its connection).
+fn cancelled() -> Status {
+    Status::new(Code::CANCELLED, "context canceled")
 }
 
 impl<D: Disk> Shard<D> {
@@ -438,5 +463,225 @@ impl<D: Disk> Shard<D> {
                 },
             }
         }
+    }
+
+    /// Calls whose clients went ([`super::ShardRequest::Abandon`]): a wait ends, answered
+    /// CANCELLED (to no one: the call is gone), and its key is removed through raft as Go's
+    /// recipes do on a cancelled context — `Mutex.Lock` deletes its key (`Unlock`),
+    /// `Election.Campaign` resigns (deletes its key if still the one it created). A recipe txn
+    /// still in flight is cleaned up once applied (etcd would keep a key whose txn the cancel
+    /// overtook; no one is left to release it, so it goes too).
+    pub(super) fn run_abandons(&mut self, replies: &mut Replies) {
+        if self.abandons.is_empty() {
+            return;
+        }
+        for (gone, whole_conn) in std::mem::take(&mut self.abandons) {
+            let waiting = std::mem::take(&mut self.waiting);
+            for w in waiting {
+                if !same_call(w.waiter(), gone, whole_conn) {
+                    self.waiting.push(w);
+                    continue;
+                }
+                let waiter = w.waiter();
+                match w {
+                    Waiting::Lock { key, .. } => {
+                        let del = pb::DeleteRangeRequest { key, ..Default::default() };
+                        self.propose_unwaited(op::DELETE_RANGE, &del);
+                    }
+                    Waiting::Campaign { key, rev, .. } => self.propose_unwaited(op::TXN, &resign_txn(&key, rev)),
+                    Waiting::Observe { .. } => {}
+                }
+                self.finish(waiter, ShardReply::Error(cancelled()), replies);
+            }
+            for (id, step) in &self.steps {
+                if same_call(step.waiter(), gone, whole_conn) && !self.abandoned.contains(id) {
+                    self.abandoned.push(*id);
+                }
+            }
+        }
+    }
+
+    /// A recipe's txn was applied after its caller went: whatever it put is removed again (see
+    /// [`Self::run_abandons`]).
+    pub(super) fn step_abandoned(&mut self, step: Step, r: Result<(), Status>, out: &[u8], replies: &mut Replies) {
+        let waiter = step.waiter();
+        let resp = r.ok().and_then(|()| pb::TxnResponse::decode(out).ok());
+        if let Some(resp) = resp {
+            let header_rev = resp.header.as_ref().map_or(0, |h| h.revision);
+            match step {
+                Step::Lock { key, .. } => {
+                    let del = pb::DeleteRangeRequest { key, ..Default::default() };
+                    self.propose_unwaited(op::DELETE_RANGE, &del);
+                }
+                Step::Campaign { key, .. } => {
+                    let rev = if resp.succeeded {
+                        Some(header_rev)
+                    } else {
+                        resp.responses.first().and_then(|r| range_kvs(r).first()).map(|kv| kv.create_revision)
+                    };
+                    if let Some(rev) = rev {
+                        self.propose_unwaited(op::TXN, &resign_txn(&key, rev));
+                    }
+                }
+                Step::CampaignProclaim { key, rev, .. } if resp.succeeded => {
+                    self.propose_unwaited(op::TXN, &resign_txn(&key, rev));
+                }
+                _ => {}
+            }
+        }
+        self.finish(waiter, ShardReply::Error(cancelled()), replies);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use metastore_storage::fault::FaultDisk;
+
+    use super::super::tests::{cfg, member, settle};
+    use super::super::{CallRef, ReplyEnvelope, ShardRequest};
+    use super::*;
+
+    fn call(stream: u32) -> CallRef {
+        CallRef { conn_slot: 3, conn_gen: 7, stream }
+    }
+
+    fn local(stream: u32) -> Waiter {
+        Waiter::Local(call(stream))
+    }
+
+    fn remote(stream: u32) -> Waiter {
+        Waiter::Remote { ring: 0, call: call(stream) }
+    }
+
+    fn shard() -> Shard<FaultDisk> {
+        let mut s = Shard::open(FaultDisk::new(), &cfg(), member()).unwrap();
+        settle(&mut s, &mut Replies::default());
+        for id in [1, 2, 3] {
+            let grant = pb::LeaseGrantRequest { ttl: 60, id };
+            run(&mut s, ShardRequest::LeaseGrant(grant), local(100 + id as u32));
+        }
+        s
+    }
+
+    /// Executes one request and settles the shard; every reply it produced.
+    fn run(s: &mut Shard<FaultDisk>, req: ShardRequest, w: Waiter) -> Vec<ReplyEnvelope> {
+        let mut out = Vec::new();
+        let o = s.execute(req, None, Instant::now(), w, &mut out);
+        assert!(matches!(o, Outcome::Pending), "{o:?}");
+        drain(s)
+    }
+
+    fn drain(s: &mut Shard<FaultDisk>) -> Vec<ReplyEnvelope> {
+        let mut replies = Replies::default();
+        settle(s, &mut replies);
+        let mut all = replies.local;
+        all.extend(replies.remote.into_iter().map(|(_, r)| r));
+        all
+    }
+
+    fn lock(name: &str, lease: i64) -> ShardRequest {
+        ShardRequest::Lock(lpb::LockRequest { name: name.into(), lease })
+    }
+
+    fn campaign(name: &str, lease: i64) -> ShardRequest {
+        ShardRequest::Campaign(epb::CampaignRequest { name: name.into(), lease, value: b"v".to_vec() })
+    }
+
+    fn keys(s: &Shard<FaultDisk>, pfx: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let pfx = pfx.as_bytes();
+        s.store.range(pfx, &prefix_end(pfx), &RangeOptions::default(), &mut out).unwrap();
+        out.iter().map(|h| String::from_utf8_lossy(&h.key).into_owned()).collect()
+    }
+
+    fn answered(r: &[ReplyEnvelope], stream: u32) -> Option<&ShardReply> {
+        r.iter().find(|e| e.call == call(stream)).map(|e| &e.reply)
+    }
+
+    fn is_cancelled(r: Option<&ShardReply>) -> bool {
+        matches!(r, Some(ShardReply::Error(st)) if st.code == Code::CANCELLED)
+    }
+
+    /// A waiting Lock whose client went has its key deleted (through raft) and its wait ended;
+    /// the next waiter gets the lock as soon as the holder unlocks.
+    #[test]
+    fn an_abandoned_lock_waiter_leaves_no_key() {
+        let mut s = shard();
+        let r = run(&mut s, lock("lk", 1), local(1));
+        assert!(matches!(answered(&r, 1), Some(ShardReply::Encoded(_))), "the holder: {r:?}");
+        let r = run(&mut s, lock("lk", 2), remote(2));
+        assert!(r.is_empty(), "the second waits: {r:?}");
+        assert_eq!(s.outstanding(0), 1);
+        assert_eq!(keys(&s, "lk/"), ["lk/1", "lk/2"]);
+        // A stranger's abandon (another stream, another ring) changes nothing.
+        let r = run(&mut s, ShardRequest::Abandon { whole_conn: false }, remote(9));
+        assert!(r.is_empty(), "{r:?}");
+        let r = run(&mut s, ShardRequest::Abandon { whole_conn: false }, local(2));
+        assert!(r.is_empty(), "{r:?}");
+        assert_eq!(keys(&s, "lk/"), ["lk/1", "lk/2"]);
+        let r = run(&mut s, ShardRequest::Abandon { whole_conn: false }, remote(2));
+        assert!(is_cancelled(answered(&r, 2)), "{r:?}");
+        assert_eq!(s.outstanding(0), 0, "the answer owed is accounted for");
+        assert_eq!(keys(&s, "lk/"), ["lk/1"]);
+        let r = run(&mut s, lock("lk", 3), local(3));
+        assert!(r.is_empty(), "{r:?}");
+        let unlock = ShardRequest::Unlock(lpb::UnlockRequest { key: b"lk/1".to_vec() });
+        let r = run(&mut s, unlock, local(4));
+        assert!(matches!(answered(&r, 4), Some(ShardReply::Encoded(_))), "{r:?}");
+        let Some(ShardReply::Encoded(b)) = answered(&r, 3) else { panic!("the third gets the lock: {r:?}") };
+        assert_eq!(lpb::LockResponse::decode(&b[..]).unwrap().key, b"lk/3");
+        assert!(s.waiting.is_empty() && s.steps.is_empty() && s.abandoned.is_empty());
+    }
+
+    /// A waiting candidate whose connection closed resigns: its key goes, the next candidate
+    /// wins when the leader resigns; an observer of the same connection stops waiting too.
+    #[test]
+    fn an_abandoned_campaign_resigns() {
+        let mut s = shard();
+        let r = run(&mut s, campaign("el", 1), local(1));
+        let Some(ShardReply::Encoded(b)) = answered(&r, 1) else { panic!("the first leads: {r:?}") };
+        let leader = epb::CampaignResponse::decode(&b[..]).unwrap().leader.unwrap();
+        assert!(run(&mut s, campaign("el", 2), local(2)).is_empty());
+        let mut out = Vec::new();
+        let observe = ShardRequest::Observe { name: b"el".to_vec(), key: leader.key.clone(), mod_rev: leader.rev };
+        assert_eq!(s.execute(observe, None, Instant::now(), local(5), &mut out), Outcome::Pending);
+        assert_eq!(keys(&s, "el/"), ["el/1", "el/2"]);
+        // The whole connection went (any stream number).
+        let r = run(&mut s, ShardRequest::Abandon { whole_conn: true }, local(0));
+        assert!(is_cancelled(answered(&r, 2)) && is_cancelled(answered(&r, 5)), "{r:?}");
+        assert_eq!(keys(&s, "el/"), ["el/1"]);
+        assert!(run(&mut s, campaign("el", 3), Waiter::Local(CallRef { conn_gen: 8, ..call(3) })).is_empty());
+        let resign = ShardRequest::Resign(epb::ResignRequest { leader: Some(leader) });
+        let r = run(&mut s, resign, local(4));
+        let Some(ShardReply::Encoded(b)) = r.iter().find(|e| e.call.stream == 3).map(|e| &e.reply) else {
+            panic!("the third leads: {r:?}")
+        };
+        assert_eq!(epb::CampaignResponse::decode(&b[..]).unwrap().leader.unwrap().key, b"el/3");
+    }
+
+    /// An abandon that overtakes the recipe's first txn (still in raft) removes what the txn
+    /// put once it is applied, whether the lock was free or not.
+    #[test]
+    fn an_abandon_overtaking_the_first_txn_cleans_up_after_it() {
+        let mut s = shard();
+        let mut out = Vec::new();
+        for (stream, lease) in [(1, 1), (2, 2)] {
+            assert_eq!(s.execute(lock("lk", lease), None, Instant::now(), local(stream), &mut out), Outcome::Pending);
+        }
+        let camp = campaign("el", 3);
+        assert_eq!(s.execute(camp, None, Instant::now(), local(3), &mut out), Outcome::Pending);
+        for stream in [1, 2, 3] {
+            let o =
+                s.execute(ShardRequest::Abandon { whole_conn: false }, None, Instant::now(), local(stream), &mut out);
+            assert_eq!(o, Outcome::Pending);
+        }
+        let r = drain(&mut s);
+        for stream in [1, 2, 3] {
+            assert!(is_cancelled(answered(&r, stream)), "{stream}: {r:?}");
+        }
+        assert!(keys(&s, "lk/").is_empty() && keys(&s, "el/").is_empty());
+        assert!(s.waiting.is_empty() && s.steps.is_empty() && s.abandoned.is_empty());
     }
 }

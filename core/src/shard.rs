@@ -84,6 +84,13 @@ pub enum ShardRequest {
         key: Vec<u8>,
         mod_rev: i64,
     },
+    /// The client went (reset, deadline, closed connection) from a call that may wait in the
+    /// shard (Lock, Campaign, Observe): the envelope's call, or with `whole_conn` every call of
+    /// its connection. Its wait ends and the key it put is removed, as the error paths of Go's
+    /// recipes do. Never answered.
+    Abandon {
+        whole_conn: bool,
+    },
 }
 
 /// What the slow-request log says of a request: when the shard took it, its kind and the start
@@ -161,6 +168,7 @@ impl ShardRequest {
             ShardRequest::Leader(_) => "Leader",
             ShardRequest::Resign(_) => "Resign",
             ShardRequest::Observe { .. } => "Observe",
+            ShardRequest::Abandon { .. } => "Abandon",
             #[cfg(test)]
             ShardRequest::TestPanic => "TestPanic",
         }
@@ -399,6 +407,11 @@ pub struct Shard<D: Disk = ReactorDisk> {
     /// Lock and election txns in flight (by proposal id), and recipes waiting for changes.
     steps: HashMap<u64, recipes::Step>,
     waiting: Vec<recipes::Waiting>,
+    /// Calls whose clients went while they may wait here ([`ShardRequest::Abandon`]: the call
+    /// and `whole_conn`), handled at the next `drive`.
+    abandons: Vec<(Waiter, bool)>,
+    /// Recipe txns in flight (by proposal id) whose callers went: cleaned up once applied.
+    abandoned: Vec<u64>,
     tick_ms: u64,
     lease_ttl_min: i64,
     counters: Counters<u64>,
@@ -530,6 +543,8 @@ impl<D: Disk> Shard<D> {
             last_expiry_check: Instant::now(),
             steps: HashMap::new(),
             waiting: Vec::new(),
+            abandons: Vec::new(),
+            abandoned: Vec::new(),
             counters: Counters::default(),
             tick_ms: cfg.tick_ms.max(1),
             // etcd's minimum lease TTL: 1.5 election timeouts, in whole seconds rounded up.
@@ -691,6 +706,14 @@ impl<D: Disk> Shard<D> {
             ShardRequest::Resign(r) => return self.resign(r, waiter),
             ShardRequest::Leader(r) => self.leader(r, out),
             ShardRequest::Observe { name, key, mod_rev } => return self.observe(&name, key, mod_rev, waiter, out),
+            ShardRequest::Abandon { whole_conn } => {
+                // Carried out at the next `drive` (its cleanup proposals and answers go there);
+                // after a disk failure every waiter has been answered already.
+                if self.failed.is_none() {
+                    self.abandons.push((waiter, whole_conn));
+                }
+                return Outcome::Pending;
+            }
             ShardRequest::LeaseKeepAlive(id) => {
                 let ttl = self.leases.renew(id, now).unwrap_or(0);
                 self.counters.leases_renewed += u64::from(ttl > 0);
@@ -930,6 +953,7 @@ impl<D: Disk> Shard<D> {
         if self.failed.is_some() {
             return None;
         }
+        self.run_abandons(replies);
         if let Err(e) = self.process_readies(replies) {
             self.fail(e, replies);
             return None;
@@ -1037,6 +1061,8 @@ impl<D: Disk> Shard<D> {
         self.failed = Some(why.clone());
         let steps = std::mem::take(&mut self.steps).into_values().map(|s| s.waiter());
         let waiting = std::mem::take(&mut self.waiting).into_iter().map(|w| w.waiter());
+        self.abandons.clear();
+        self.abandoned.clear();
         let waiters: Vec<Waiter> =
             std::mem::take(&mut self.waiters).into_values().map(|(w, _)| w).chain(steps).chain(waiting).collect();
         for w in waiters {
@@ -1121,7 +1147,12 @@ impl<D: Disk> Shard<D> {
         }
         if let Some(step) = self.steps.remove(&id) {
             self.writes_applied += 1;
-            self.step_applied(step, r, &out, replies);
+            if let Some(i) = self.abandoned.iter().position(|&a| a == id) {
+                self.abandoned.swap_remove(i);
+                self.step_abandoned(step, r, &out, replies);
+            } else {
+                self.step_applied(step, r, &out, replies);
+            }
             return;
         }
         // Entries replayed at start (or proposed before a restart) have no one waiting.

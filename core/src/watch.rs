@@ -253,7 +253,11 @@ impl WatchHub {
         match req {
             WatchCall::Create(c) => self.create(call, c, current_rev, out),
             WatchCall::Cancel(id) => {
-                if self.watchers.contains_key(&(call, id)) {
+                // A watcher canceled by a compaction keeps its ID until the client cancels it,
+                // as in etcd's watchStream: that cancel is answered too.
+                let known = self.watchers.contains_key(&(call, id))
+                    || self.streams.get(&call).is_some_and(|s| s.ids.contains(&id));
+                if known {
                     self.remove(call, id);
                     let mut b = Vec::new();
                     encode_control(&mut b, &Header::full(&self.ids, self.rev_or(current_rev)), id, false, true, 0, "");
@@ -387,7 +391,10 @@ impl WatchHub {
             // etcd's compaction notice carries revision 0 in its header.
             encode_control(&mut b, &Header::full(&r.ids, 0), r.watch_id, false, true, r.compact_rev, "");
             out(&b);
-            self.remove(call, r.watch_id);
+            // The watcher goes, its ID stays taken until the client cancels it (etcd keeps it in
+            // its watchStream: a create reusing it is a duplicate).
+            self.forget(call, r.watch_id);
+            self.counted();
             return;
         }
         let events: Vec<&Event> =
@@ -826,5 +833,53 @@ mod tests {
         }
         let r = sync(&s, &ids, &req(4));
         assert_eq!((r.compact_rev, r.events.len() as i64), (0, current - 3));
+    }
+
+    /// A watcher canceled by a compaction keeps its ID, as in etcd's watchStream: a create
+    /// reusing it is refused as a duplicate until the client cancels it (which is answered).
+    #[test]
+    fn a_compacted_watchers_id_stays_taken_until_the_client_cancels_it() {
+        let mut hub = WatchHub::new(1 << 20, Duration::from_secs(600), None);
+        let call = CallRef { conn_slot: 1, conn_gen: 1, stream: 1 };
+        let mut got: Vec<pb::WatchResponse> = Vec::new();
+        let take = |hub: &mut WatchHub, req: WatchCall| {
+            let mut out = Vec::new();
+            hub.request(call, req, 10, &mut |m: &[u8]| {
+                out.push(<pb::WatchResponse as prost::Message>::decode(m).unwrap())
+            });
+            out
+        };
+        let create = |rev| {
+            WatchCall::Create(pb::WatchCreateRequest {
+                key: b"k".to_vec(),
+                start_revision: rev,
+                watch_id: 7,
+                ..Default::default()
+            })
+        };
+        assert!(take(&mut hub, create(2)).is_empty(), "the created answer waits for the shard");
+        assert!(hub.next_fetch().is_some());
+        let synced = WatchSynced {
+            watch_id: 7,
+            create: true,
+            ids: Ids { cluster_id: 1, member_id: 2, raft_term: 3 },
+            current_rev: 10,
+            compact_rev: 5,
+            events: Vec::new(),
+            next_rev: 0,
+        };
+        hub.synced(call, synced, 0, &mut |m: &[u8]| {
+            got.push(<pb::WatchResponse as prost::Message>::decode(m).unwrap())
+        });
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[0].created && got[1].canceled && got[1].compact_revision == 5, "{got:?}");
+        assert_eq!(hub.watchers(), 0);
+        let dup = take(&mut hub, create(0));
+        assert!(dup.len() == 1 && dup[0].canceled && dup[0].cancel_reason.contains("duplicate"), "{dup:?}");
+        let c = take(&mut hub, WatchCall::Cancel(7));
+        assert!(c.len() == 1 && c[0].canceled && c[0].watch_id == 7, "{c:?}");
+        assert!(take(&mut hub, WatchCall::Cancel(7)).is_empty(), "once: then the ID is unknown");
+        assert!(take(&mut hub, create(0)).is_empty(), "free again: accepted");
+        assert_eq!(hub.watchers(), 1);
     }
 }

@@ -26,10 +26,20 @@ impl Etcd {
     /// Starts `etcd` and waits until it has a leader (`/health` says true). A port taken between
     /// picking and binding makes etcd exit: that is retried on new ports.
     pub fn start() -> Self {
+        Self::start_on(false)
+    }
+
+    /// As [`Etcd::start`], with the data dir on tmpfs (`/dev/shm`, where there is one): etcd
+    /// fsyncs every write, which costs nothing there (for tests sending thousands of writes).
+    pub fn start_tmpfs() -> Self {
+        Self::start_on(true)
+    }
+
+    fn start_on(tmpfs: bool) -> Self {
         assert!(std::path::Path::new(ETCD_BIN).exists(), "{ETCD_BIN} is missing: {INSTALL}");
         let mut last = String::new();
         for _ in 0..5 {
-            match Self::try_start() {
+            match Self::try_start(tmpfs) {
                 Ok(e) => return e,
                 Err(log) => last = log,
             }
@@ -37,8 +47,18 @@ impl Etcd {
         panic!("etcd did not start after 5 tries; last log:\n{last}");
     }
 
-    fn try_start() -> Result<Self, String> {
-        let dir = super::temp_dir("etcd");
+    fn try_start(tmpfs: bool) -> Result<Self, String> {
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if tmpfs && shm.is_dir() {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let d = shm.join(format!("metastore-test-etcd-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        } else {
+            super::temp_dir("etcd")
+        };
         let log = dir.join("etcd.log");
         // Free ports: bind 127.0.0.1:0, read the port, let it go (both are held while the second
         // is picked, so the two differ).
@@ -110,5 +130,9 @@ impl Drop for Etcd {
         }
         let _ = child.wait();
         let _ = std::fs::remove_dir_all(self.dir.join("data"));
+        // On tmpfs the whole dir goes (it holds memory); elsewhere the log stays for a look.
+        if self.dir.starts_with("/dev/shm") {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }

@@ -52,22 +52,38 @@ impl Client {
 
     /// As [`Client::unary`], for an already encoded request message.
     pub async fn unary_raw(&mut self, path: &str, message: &[u8]) -> Result<Vec<u8>, (u32, String)> {
+        self.unary_with(path, message, &[]).await
+    }
+
+    /// As [`Client::unary_raw`], with extra request headers (e.g. `grpc-timeout`).
+    pub async fn unary_with(
+        &mut self,
+        path: &str,
+        message: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<Vec<u8>, (u32, String)> {
         let addr = self.addr;
-        match tokio::time::timeout(CALL_TIMEOUT, self.call(path, message)).await {
+        match tokio::time::timeout(CALL_TIMEOUT, self.call(path, message, headers)).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => Err((NOT_GRPC, format!("{path} to {addr}: {e}"))),
             Err(_) => Err((NOT_GRPC, format!("{path} to {addr}: no answer within {CALL_TIMEOUT:?}"))),
         }
     }
 
-    async fn call(&mut self, path: &str, message: &[u8]) -> Result<Result<Vec<u8>, (u32, String)>, String> {
-        let req = Request::builder()
+    fn request(&self, path: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut req = Request::builder()
             .method("POST")
             .uri(format!("http://{}{path}", self.addr))
             .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
+            .header("te", "trailers");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(()).unwrap()
+    }
+
+    async fn call(&mut self, path: &str, message: &[u8], headers: &[(&str, &str)]) -> CallResult {
+        let req = self.request(path, headers);
         let mut send = self.send.clone().ready().await.map_err(|e| format!("connection not ready: {e}"))?;
         let (resp, mut tx) = send.send_request(req, false).map_err(|e| format!("send_request: {e}"))?;
         let mut body = Vec::with_capacity(5 + message.len());
@@ -110,6 +126,123 @@ impl Client {
         drop(self.send);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
     }
+
+    /// Sends a unary request and returns without waiting for the answer: the call stays open
+    /// while the returned handle lives (dropping it resets the stream).
+    pub async fn start(&mut self, path: &str, message: &[u8], headers: &[(&str, &str)]) -> Stream {
+        let mut s = self.stream_with(path, headers).await;
+        s.send(message);
+        let _ = s.tx.send_data(Bytes::new(), true);
+        s
+    }
+
+    /// Drops the TCP connection at once, as a client that dies does: no GOAWAY, no RST_STREAM.
+    pub fn cut(self) {
+        self.task.abort();
+    }
+
+    /// Opens a streaming call (e.g. Watch): messages go out with [`Stream::send`]; answers are
+    /// read in order with [`Stream::next`].
+    pub async fn stream(&mut self, path: &str) -> Stream {
+        self.stream_with(path, &[]).await
+    }
+
+    async fn stream_with(&mut self, path: &str, headers: &[(&str, &str)]) -> Stream {
+        let req = self.request(path, headers);
+        let mut send = self.send.clone().ready().await.expect("connection not ready");
+        let (resp, tx) = send.send_request(req, false).expect("send_request");
+        Stream { tx, resp: Some(Box::pin(resp)), rx: None, headers: None, buf: Vec::new(), status: None }
+    }
+}
+
+type CallResult = Result<Result<Vec<u8>, (u32, String)>, String>;
+
+/// One open streaming call.
+pub struct Stream {
+    tx: h2::SendStream<Bytes>,
+    resp: Option<std::pin::Pin<Box<h2::client::ResponseFuture>>>,
+    rx: Option<h2::RecvStream>,
+    headers: Option<HeaderMap>,
+    buf: Vec<u8>,
+    /// The call's status once it ended (`NOT_GRPC` if it broke below gRPC).
+    pub status: Option<(u32, String)>,
+}
+
+impl Stream {
+    /// Sends one message (5-byte prefix added).
+    pub fn send(&mut self, message: &[u8]) {
+        let mut body = Vec::with_capacity(5 + message.len());
+        body.push(0);
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(message);
+        let _ = self.tx.send_data(Bytes::from(body), false);
+    }
+
+    /// The next message, or None if none came within `wait` or the call ended (then `status`
+    /// says how). Cancel-safe: a message partly received stays for the next call.
+    pub async fn next(&mut self, wait: Duration) -> Option<Vec<u8>> {
+        tokio::time::timeout(wait, self.next_inner()).await.ok().flatten()
+    }
+
+    async fn next_inner(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(m) = take_message(&mut self.buf) {
+                return Some(m);
+            }
+            if self.status.is_some() {
+                return None;
+            }
+            if let Some(resp) = self.resp.as_mut() {
+                let r = resp.as_mut().await;
+                self.resp = None;
+                match r {
+                    Ok(r) => {
+                        let (parts, body) = r.into_parts();
+                        if body.is_end_stream() {
+                            self.status = Some(status_of(&parts.headers).unwrap_or((NOT_GRPC, "no status".into())));
+                            return None;
+                        }
+                        self.headers = Some(parts.headers);
+                        self.rx = Some(body);
+                    }
+                    Err(e) => {
+                        self.status = Some((NOT_GRPC, format!("response head: {e}")));
+                        return None;
+                    }
+                }
+            }
+            let rx = self.rx.as_mut()?;
+            match rx.data().await {
+                Some(Ok(chunk)) => {
+                    let _ = rx.flow_control().release_capacity(chunk.len());
+                    self.buf.extend_from_slice(&chunk);
+                }
+                Some(Err(e)) => {
+                    self.status = Some((NOT_GRPC, format!("response body: {e}")));
+                    return None;
+                }
+                None => {
+                    let t = rx.trailers().await.ok().flatten();
+                    self.status = Some(t.as_ref().and_then(status_of).unwrap_or((NOT_GRPC, "no trailers".into())));
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Takes the first whole length-prefixed message off `buf`, if there is one.
+fn take_message(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    if buf.len() < 5 {
+        return None;
+    }
+    let len = u32::from_be_bytes(buf[1..5].try_into().unwrap()) as usize;
+    if buf.len() < 5 + len {
+        return None;
+    }
+    let m = buf[5..5 + len].to_vec();
+    buf.drain(..5 + len);
+    Some(m)
 }
 
 fn status_of(map: &HeaderMap) -> Option<(u32, String)> {
