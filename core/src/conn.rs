@@ -33,7 +33,7 @@ use metastore_proto::etcdserverpb as pb;
 use crate::config::Config;
 use crate::etcd::{errors, kv, validate};
 use crate::http;
-use crate::notify::LocalNotify;
+use crate::notify::{yield_now, LocalNotify};
 use crate::reactor::{Core, CoreStats, Shared, Submit};
 use crate::shard::{CallRef, Envelope, Outcome, ShardReply, ShardRequest};
 
@@ -575,7 +575,7 @@ impl Conn {
                 ..Default::default()
             },
             recv_message_bytes_max: cfg.recv_message_bytes_max(),
-            stats: Some(core.stats().grpc.clone()),
+            stats: (!cfg!(feature = "no-telemetry")).then(|| core.stats().grpc.clone()),
             observer: core.tracer.clone().map(|t| t as Rc<dyn grpc::CallObserver>),
         };
         Self {
@@ -1230,20 +1230,6 @@ async fn serve_h2(core: Rc<Core>, mut rd: ReadHalf, wr: WriteHalf, first: Vec<u8
     st.app.calls.clear();
     drop(st);
     core.remove_conn(conn.slot, conn.gen);
-}
-
-/// Lets the reactor run its other ready tasks (and reap IO completions) before this one goes on.
-async fn yield_now() {
-    let mut yielded = false;
-    poll_fn(|cx| {
-        if yielded {
-            return Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    })
-    .await
 }
 
 /// After we end a connection (GOAWAY sent, write side shut), the peer may still be sending.

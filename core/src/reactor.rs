@@ -68,10 +68,16 @@ impl CoreStats {
     }
 
     pub fn add(c: &AtomicU64, n: u64) {
+        if cfg!(feature = "no-telemetry") {
+            return;
+        }
         // Single writer: a load and a store, no read-modify-write on a contended line.
         c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
     pub fn sub(c: &AtomicU64, n: u64) {
+        if cfg!(feature = "no-telemetry") {
+            return;
+        }
         c.store(c.load(Ordering::Relaxed).saturating_sub(n), Ordering::Relaxed);
     }
 }

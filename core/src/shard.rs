@@ -582,6 +582,8 @@ impl<D: Disk> Shard<D> {
     /// Copies the shard's figures into the counters /metrics reads.
     pub fn publish_stats(&self, s: &crate::reactor::ShardStats) {
         use std::sync::atomic::Ordering::Relaxed;
+        // What the server itself reads (watch positions, health) is published either way.
+        s.revision.store(self.store.current_revision().max(0) as u64, Relaxed);
         s.writes_applied.store(self.writes_applied, Relaxed);
         s.raft_committed.store(self.raft.commit_index(), Relaxed);
         s.raft_applied.store(self.raft.applied_index(), Relaxed);
@@ -589,7 +591,6 @@ impl<D: Disk> Shard<D> {
         let db = DB_BASE_BYTES as u64 + self.log.borrow().disk_bytes();
         s.db_bytes.store(db, Relaxed);
         s.db_bytes_in_use.store((DB_BASE_BYTES as u64 + self.store.history_bytes() as u64).min(db), Relaxed);
-        s.revision.store(self.store.current_revision().max(0) as u64, Relaxed);
         let mut alarms = 0;
         if self.alarm_active(AlarmType::Nospace) {
             alarms |= crate::reactor::ShardStats::ALARM_NOSPACE;
@@ -599,6 +600,9 @@ impl<D: Disk> Shard<D> {
         }
         s.alarms.store(alarms, Relaxed);
         s.disk_failed.store(self.failed.is_some() as u64, Relaxed);
+        if cfg!(feature = "no-telemetry") {
+            return;
+        }
         let (c, o) = (&self.counters, &s.counters);
         for (from, to) in [
             (c.ranges, &o.ranges),

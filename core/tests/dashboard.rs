@@ -34,11 +34,14 @@ fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
     }
 }
 
-/// Metric names in a PromQL expression: identifiers outside label matchers, strings and ranges.
+/// Metric names in a PromQL expression: identifiers outside label matchers, strings, ranges and
+/// the label lists of `by (...)` and `without (...)`.
 fn metric_names(expr: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let mut depth_braces = 0;
     let mut in_str = false;
+    // After `by`/`without`: the next parenthesised group lists labels, not metrics.
+    let (mut labels_next, mut in_labels) = (false, false);
     let mut word = String::new();
     let flush = |word: &mut String, names: &mut BTreeSet<String>| {
         let w = std::mem::take(word);
@@ -49,6 +52,19 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     for ch in expr.chars() {
         if in_str {
             in_str = ch != '"';
+            continue;
+        }
+        if in_labels {
+            in_labels = ch != ')';
+            continue;
+        }
+        if depth_braces == 0 && (word == "by" || word == "without") && !(ch.is_ascii_alphanumeric() || ch == '_') {
+            labels_next = true;
+        }
+        if labels_next && ch == '(' {
+            labels_next = false;
+            in_labels = true;
+            word.clear();
             continue;
         }
         match ch {
