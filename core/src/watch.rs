@@ -260,7 +260,10 @@ impl WatchHub {
                 if known {
                     self.remove(call, id);
                     let mut b = Vec::new();
-                    encode_control(&mut b, &Header::full(&self.ids, self.rev_or(current_rev)), id, false, true, 0, "");
+                    // The current revision, as etcd: no event of this watcher follows, so it
+                    // need not wait for what this core has delivered (unlike a progress answer).
+                    let rev = current_rev.max(self.known_rev);
+                    encode_control(&mut b, &Header::full(&self.ids, rev), id, false, true, 0, "");
                     out(&b);
                 }
                 // An unknown ID gets no answer (etcd 3.4 and 3.5).
@@ -290,9 +293,10 @@ impl WatchHub {
             key = vec![0];
         }
         let mut range_end = c.range_end;
+        // Refusals carry the current revision, as etcd's (no event follows them).
         let reject = |hub: &Self, reason: &str, out: &mut dyn FnMut(&[u8])| {
             let mut b = Vec::new();
-            encode_control(&mut b, &Header::full(&hub.ids, hub.rev_or(current_rev)), -1, true, true, 0, reason);
+            encode_control(&mut b, &Header::full(&hub.ids, current_rev.max(hub.known_rev)), -1, true, true, 0, reason);
             out(&b);
         };
         if range_end == [0] {

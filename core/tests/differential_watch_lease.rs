@@ -44,7 +44,13 @@
 //! Differences this test found, now fixed in MetaStore:
 //! - a watcher canceled by a compaction keeps its ID in etcd's watchStream until the client
 //!   cancels it: a create reusing the ID is refused as a duplicate, and the client's cancel of
-//!   it is answered (MetaStore freed the ID at once; a unit test in `core/src/watch.rs`).
+//!   it is answered (MetaStore freed the ID at once; a unit test in `core/src/watch.rs`);
+//! - the answer to a cancel, and a refused create, carry the store's current revision (MetaStore
+//!   sent the newest revision the stream's core had delivered, as for a progress answer, which
+//!   can lag the write the client has just seen answered).
+//!
+//! The generator also cancels, now and then, a watcher whose compaction notice both servers
+//! sent.
 //!
 //! `DIFF_SEED=<n>` replaces the fresh seed, `DIFF_STEPS=<n>` the steps per seed, `DIFF_TRACE=1`
 //! prints every step.
@@ -167,6 +173,11 @@ struct Model {
     compacted: i64,
     /// Live watch IDs per stream.
     watches: Vec<Vec<i64>>,
+    /// Watchers canceled by a compaction (both servers sent the notice): their IDs stay taken
+    /// until the client cancels them.
+    compacted_ids: Vec<Vec<i64>>,
+    /// Watchers created below the compaction point whose notice has not been seen on both yet.
+    doomed: Vec<Vec<(i64, usize, usize)>>,
 }
 
 fn prefix_end(p: &[u8]) -> Vec<u8> {
@@ -345,8 +356,8 @@ impl Gen {
             }
             790..=814 => {
                 let s = self.rng.below(STREAMS as u64) as usize;
-                let live = &m.watches[s];
-                let id = if live.is_empty() || self.rng.pct(10) { 999 } else { self.rng.pick(live) };
+                let live: Vec<i64> = m.watches[s].iter().chain(&m.compacted_ids[s]).copied().collect();
+                let id = if live.is_empty() || self.rng.pct(10) { 999 } else { self.rng.pick(&live) };
                 Req::WatchCancel(s, id)
             }
             815..=829 => Req::Progress(self.rng.below(STREAMS as u64) as usize),
@@ -590,6 +601,17 @@ fn lives(name: &str, s: usize, got: &[pb::WatchResponse]) -> Result<BTreeMap<i64
             }
             continue;
         }
+        // The client's cancel of a watcher a compaction canceled is answered (its ID was still
+        // taken).
+        let after_compaction = lives.last_mut().filter(|l| {
+            l.end.as_ref().is_some_and(|e| e.starts_with("canceled compact=") && !e.starts_with("canceled compact=0 "))
+        });
+        if let Some(life) = after_compaction.filter(|_| r.canceled && r.compact_revision == 0 && r.events.is_empty()) {
+            if let Some(end) = &mut life.end {
+                end.push_str(&format!(", then the client's cancel answered at rev={rev}"));
+            }
+            continue;
+        }
         let Some(life) = lives.last_mut().filter(|l| l.end.is_none()) else {
             return Err(format!("{name}: stream {s}: a response for watch {} that is not open: {r:?}", r.watch_id));
         };
@@ -678,7 +700,7 @@ impl Coverage {
     }
 }
 
-const REQUIRED: [&str; 24] = [
+const REQUIRED: [&str; 25] = [
     "put.lease",
     "range.prefix",
     "range.all",
@@ -690,6 +712,7 @@ const REQUIRED: [&str; 24] = [
     "watch.future",
     "watch.created",
     "watch.refused",
+    "watch.cancel_compacted",
     "watch.canceled",
     "watch.events",
     "grant.ok",
@@ -725,7 +748,14 @@ fn kind(req: &Req) -> &'static str {
 async fn run_steps(seed: u64, n: usize, e: &mut Side, m: &mut Side, cov: &mut Coverage) -> Result<(), String> {
     let trace = std::env::var("DIFF_TRACE").is_ok();
     let mut gen = Gen { rng: Rng(seed), tags: Vec::new() };
-    let mut model = Model { rev: 1, compacted: 0, watches: vec![Vec::new(); STREAMS] };
+    let none = vec![Vec::new(); STREAMS];
+    let mut model = Model {
+        rev: 1,
+        compacted: 0,
+        watches: none.clone(),
+        compacted_ids: none.clone(),
+        doomed: vec![Vec::new(); STREAMS],
+    };
     // Watches from the start: everything with prev_kv on stream 0, prefix "a" on stream 1.
     let start = [
         (0, pb::WatchCreateRequest { key: vec![0], range_end: vec![0], prev_kv: true, ..Default::default() }),
@@ -744,7 +774,9 @@ async fn run_steps(seed: u64, n: usize, e: &mut Side, m: &mut Side, cov: &mut Co
                 let s = *s;
                 let body = req.encode();
                 let known_cancel = match &req {
-                    Req::WatchCancel(_, id) => model.watches[s].contains(id).then_some(*id),
+                    Req::WatchCancel(_, id) => {
+                        (model.watches[s].contains(id) || model.compacted_ids[s].contains(id)).then_some(*id)
+                    }
                     _ => None,
                 };
                 let mut answers = Vec::new();
@@ -752,7 +784,11 @@ async fn run_steps(seed: u64, n: usize, e: &mut Side, m: &mut Side, cov: &mut Co
                     side.streams[s].send(&body);
                     let r = match (&req, known_cancel) {
                         (Req::WatchCreate(..), _) => Some(side.until(s, |r| r.created).await.map_err(&at)?),
-                        (_, Some(id)) => Some(side.until(s, |r| r.canceled && r.watch_id == id).await.map_err(&at)?),
+                        (_, Some(id)) => Some(
+                            side.until(s, |r| r.canceled && r.watch_id == id && r.compact_revision == 0)
+                                .await
+                                .map_err(&at)?,
+                        ),
                         _ => None,
                     };
                     answers.push(r);
@@ -782,12 +818,18 @@ async fn run_steps(seed: u64, n: usize, e: &mut Side, m: &mut Side, cov: &mut Co
                         // One from before the compaction point is about to be canceled by the
                         // server (asynchronously): it is not the client's to cancel.
                         let doomed = matches!(&req, Req::WatchCreate(_, c) if c.start_revision > 0 && c.start_revision < model.compacted);
-                        if !doomed {
+                        if doomed {
+                            model.doomed[s].push((a.watch_id, e.got[s].len(), m.got[s].len()));
+                        } else {
                             model.watches[s].push(a.watch_id);
                         }
                     } else {
                         cov.hit("watch.canceled");
+                        if model.compacted_ids[s].contains(&a.watch_id) {
+                            cov.hit("watch.cancel_compacted");
+                        }
                         model.watches[s].retain(|&w| w != a.watch_id);
+                        model.compacted_ids[s].retain(|&w| w != a.watch_id);
                     }
                 }
             }
@@ -839,6 +881,16 @@ async fn run_steps(seed: u64, n: usize, e: &mut Side, m: &mut Side, cov: &mut Co
         if i % 64 == 0 {
             e.drain().await.map_err(&at)?;
             m.drain().await.map_err(&at)?;
+            // Compaction notices seen on both: those IDs may now be canceled by the client.
+            for s in 0..STREAMS {
+                let noticed = |side: &Side, id: i64, from: usize| {
+                    side.got[s][from..].iter().any(|r| r.canceled && r.compact_revision != 0 && r.watch_id == id)
+                };
+                let (ready, wait): (Vec<_>, Vec<_>) =
+                    model.doomed[s].iter().copied().partition(|&(id, fe, fm)| noticed(e, id, fe) && noticed(m, id, fm));
+                model.compacted_ids[s].extend(ready.into_iter().map(|d| d.0));
+                model.doomed[s] = wait;
+            }
         }
         i += 1;
     }
