@@ -1105,7 +1105,7 @@ async fn serve_h2(core: Rc<Core>, mut rd: ReadHalf, wr: WriteHalf, first: Vec<u8
     if core.is_draining() {
         conn.state.borrow_mut().grpc.h2.start_drain();
     }
-    let writer = monoio::spawn(write_loop(conn.clone(), wr));
+    let writer = monoio::spawn(write_loop(core.clone(), conn.clone(), wr));
     conn.write_ready.notify(); // our SETTINGS
                                // `rbuf` receives each read; `pending` holds bytes not yet consumed (a partial frame).
     let mut pending = first;
@@ -1201,6 +1201,7 @@ async fn serve_h2(core: Rc<Core>, mut rd: ReadHalf, wr: WriteHalf, first: Vec<u8
             continue;
         }
         conn.partial_since.set(owed_since);
+        CoreStats::add(&core.stats().io_submissions, 1);
         let (res, buf) = rd.read(rbuf).await;
         conn.partial_since.set(None);
         rbuf = buf;
@@ -1253,7 +1254,7 @@ async fn linger(rd: &mut ReadHalf, mut buf: Vec<u8>) {
     }
 }
 
-async fn write_loop(conn: Rc<Conn>, mut wr: WriteHalf) {
+async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut wr: WriteHalf) {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_BYTES_MAX);
     loop {
         let finished = {
@@ -1273,6 +1274,7 @@ async fn write_loop(conn: Rc<Conn>, mut wr: WriteHalf) {
             }
             None => {}
         }
+        CoreStats::add(&core.stats().io_submissions, 1);
         let (res, b) = wr.write_all(buf).await;
         buf = b;
         buf.clear();

@@ -279,7 +279,7 @@ const DEFENCES: [Series; 15] = [
 /// Prometheus text exposition of MetaStore's per-core figures.
 pub fn metrics(shared: &Shared) -> String {
     let mut s = String::new();
-    let series: [Series; 4] = [
+    let series: [Series; 6] = [
         ("metastore_core_connections", "gauge", "Client HTTP/2 connections open on each core.", |c| {
             c.conns_open.load(Ordering::Relaxed)
         }),
@@ -294,6 +294,18 @@ pub fn metrics(shared: &Shared) -> String {
             "counter",
             "Requests each core sent to the shard over its ring.",
             |c| c.shard_requests_sent.load(Ordering::Relaxed),
+        ),
+        (
+            "metastore_core_ring_depth",
+            "gauge",
+            "Requests in each core's ring to the shard core (as of its last send or reply round).",
+            |c| c.ring_depth.load(Ordering::Relaxed),
+        ),
+        (
+            "metastore_core_io_submissions_total",
+            "counter",
+            "IO operations each core submitted (socket reads and writes; on the shard's core also the log's writes and fdatasyncs): io_uring submissions under the io_uring driver.",
+            |c| c.io_submissions.load(Ordering::Relaxed),
         ),
         (
             "metastore_core_ring_full_total",

@@ -35,6 +35,11 @@ pub struct CoreStats {
     pub conns_accepted: AtomicU64,
     pub ring_full_waits: AtomicU64,
     pub shard_requests_sent: AtomicU64,
+    /// Requests in this core's ring to the shard, as of the last send or reply round (a gauge).
+    pub ring_depth: AtomicU64,
+    /// IO operations this core submitted: socket reads and writes, and on the shard's core the
+    /// log's writes and fdatasyncs (io_uring submissions under the io_uring driver).
+    pub io_submissions: AtomicU64,
     /// Watchers on this core's connections.
     pub watchers: AtomicU64,
     /// The front door's limits and defences: how often each acted (see `conn::Defences`).
@@ -52,6 +57,16 @@ impl Default for CoreStats {
     }
 }
 
+impl Core {
+    /// Publishes how full this core's ring to the shard is, given its free slots.
+    fn note_ring_depth(&self, free: usize) {
+        if !cfg!(feature = "no-telemetry") {
+            let depth = SHARD_RING_ENTRIES_MAX.saturating_sub(free) as u64;
+            self.stats().ring_depth.store(depth, Ordering::Relaxed);
+        }
+    }
+}
+
 impl CoreStats {
     /// `handling_time`: keep `grpc_server_handling_seconds` too (`--metrics extensive`).
     pub fn new(handling_time: bool) -> Self {
@@ -60,6 +75,8 @@ impl CoreStats {
             conns_accepted: Default::default(),
             ring_full_waits: Default::default(),
             shard_requests_sent: Default::default(),
+            ring_depth: Default::default(),
+            io_submissions: Default::default(),
             watchers: Default::default(),
             defences: Default::default(),
             grpc: crate::conn::call_stats(handling_time),
@@ -365,17 +382,21 @@ impl Core {
                     outcome => Submit::Done(outcome),
                 }
             }
-            ShardLink::Remote { tx, space, .. } => match tx.borrow_mut().try_send(env) {
-                Ok(()) => {
-                    CoreStats::add(&self.stats().shard_requests_sent, 1);
-                    Submit::Sent
+            ShardLink::Remote { tx, space, .. } => {
+                let sent = tx.borrow_mut().try_send(env);
+                match sent {
+                    Ok(()) => {
+                        CoreStats::add(&self.stats().shard_requests_sent, 1);
+                        self.note_ring_depth(tx.borrow().slots());
+                        Submit::Sent
+                    }
+                    Err(env) => {
+                        CoreStats::add(&self.stats().ring_full_waits, 1);
+                        space.register(waker);
+                        Submit::Full(env)
+                    }
                 }
-                Err(env) => {
-                    CoreStats::add(&self.stats().ring_full_waits, 1);
-                    space.register(waker);
-                    Submit::Full(env)
-                }
-            },
+            }
         }
     }
 
@@ -508,6 +529,7 @@ pub async fn reply_loop(core: Rc<Core>) {
             if !space.is_empty() && tx.borrow_mut().poll_ready(cx).is_ready() {
                 space.wake_all();
             }
+            core.note_ring_depth(tx.borrow().slots());
             if !batch.is_empty() {
                 return Poll::Ready(true);
             }
@@ -598,6 +620,8 @@ pub async fn shard_loop(core: Rc<Core>) {
             monoio::spawn(async move {
                 let started = Instant::now();
                 let done = flush.run().await;
+                // The batch's write and its fdatasync.
+                CoreStats::add(&c.stats().io_submissions, 2);
                 c.shared.shard_stats.record_fsync(started.elapsed());
                 *c.flushed.borrow_mut() = Some(done);
                 c.shard_wake.notify();

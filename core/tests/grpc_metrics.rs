@@ -130,6 +130,13 @@ fn grpc_server_metrics_match_etcd() {
             .unwrap();
         assert!(inf.ends_with(" 3"), "[{driver}] {inf}");
 
+        // MetaStore's per-core figures: cross-core requests, the ring's depth, IO submissions.
+        for name in ["metastore_core_shard_requests_total", "metastore_core_ring_depth"] {
+            assert!(text.contains(&format!("{name}{{core=\"0\"}}")), "[{driver}] no {name}");
+        }
+        let io = common::parse_metric_sum(&text, "metastore_core_io_submissions_total");
+        assert!(io >= 20.0, "[{driver}] {io} IO submissions for the session's calls and fsyncs");
+
         // The metrics port: /metrics and health, nothing else, no gRPC.
         assert_eq!(http_get(maddr, "/health").unwrap().0, 200, "[{driver}]");
         assert_eq!(http_get(maddr, "/readyz").unwrap().0, 200, "[{driver}]");
