@@ -444,7 +444,7 @@ impl<D: Disk> Shard<D> {
         let dir = member_dir(&cfg.data_dir);
         let log_dir = dir.join("log");
         let checkpoint_dir = dir.join("checkpoint");
-        let img = engine::load_checkpoint(&disk, &checkpoint_dir)
+        let mut img = engine::load_checkpoint(&disk, &checkpoint_dir)
             .map_err(|e| format!("cannot read checkpoints in {}: {e}", checkpoint_dir.display()))?;
         let mut rec = Recovered::default();
         let mut replay_from = Default::default();
@@ -468,26 +468,23 @@ impl<D: Disk> Shard<D> {
             rec.checkpoint =
                 Some(RaftCheckpoint::decode(&raft.1).map_err(|e| format!("checkpoint raft section: {e}"))?);
         }
-        let (log, found) =
-            Log::open(
-                disk,
-                &log_dir,
-                cfg.log,
-                |loc, k, p| {
-                    if loc >= replay_from {
-                        rec.visit(loc, k, p)
-                    } else {
-                        Ok(())
-                    }
-                },
-            )
-            .map_err(|e| e.to_string())?;
+        let (log, found) = Log::open(disk, &log_dir, cfg.log, |loc, k, p| {
+            if let Some(i) = img.as_mut() {
+                i.visit_log(loc, k, p)?;
+            }
+            if loc >= replay_from {
+                rec.visit(loc, k, p)
+            } else {
+                Ok(())
+            }
+        })
+        .map_err(|e| e.to_string())?;
         if let Some((loc, bytes)) = found.torn_tail {
             tracing::warn!(%loc, bytes, "cut a torn tail off the log (a batch that was never acknowledged)");
         }
         let log = Rc::new(RefCell::new(log));
         let store = match &img {
-            Some(i) => engine::restore_store(i, log.clone()),
+            Some(i) => engine::restore_store(i, log.clone())?,
             None => Store::with_history(DurableHistory::new(log.clone())),
         };
         for (_, _, current) in store.dump_keys() {

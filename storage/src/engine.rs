@@ -152,6 +152,11 @@ impl<D: Disk> DurableHistory<D> {
         self.add_live(loc, bytes);
     }
 
+    /// Where the record at `rev` is in the log, once it is durable there.
+    pub fn durable_location(&self, rev: Revision) -> Option<Location> {
+        self.slots.get(&rev).filter(|s| s.mem.is_none() && s.loc.segment != u64::MAX).map(|s| s.loc)
+    }
+
     /// Every (revision, location) held, in revision order.
     pub fn locations(&self) -> impl Iterator<Item = (Revision, Location, u32)> + '_ {
         self.slots.iter().map(|(r, s)| (*r, s.loc, s.bytes))
@@ -238,7 +243,9 @@ impl<D: Disk> History for DurableHistory<D> {
 // ----- checkpoints -----
 
 const CHECKPOINT_MAGIC: &[u8; 8] = b"MSTCKPT\0";
-const CHECKPOINT_VERSION: u32 = 1;
+/// Version 2 may refer to a key's current record in the log instead of copying it; version 1
+/// (always a copy) is still read.
+const CHECKPOINT_VERSION: u32 = 2;
 const CHECKPOINT_SUFFIX: &str = ".ckpt";
 /// Checkpoints kept on disk: the newest only. An older one is no way out of a damaged newest:
 /// the log segments it would replay from are removed once the newer one is durable. Keeping it
@@ -261,12 +268,26 @@ pub fn checkpoint_name(applied_index: u64) -> String {
     format!("{applied_index:016x}{CHECKPOINT_SUFFIX}")
 }
 
+/// How a keys section holds a key's current record (the byte after the key's generations).
+mod current {
+    /// The key is deleted: no current record.
+    pub const NONE: u8 = 0;
+    /// A u32 length and a history payload follow (snapshots; checkpoints for records not in the
+    /// log).
+    pub const INLINE: u8 = 1;
+    /// The record is the history record at the key's modified revision, in the log at the
+    /// location the history section gives (checkpoint version 2 only).
+    pub const IN_LOG: u8 = 2;
+}
+
 /// The keys section shared by checkpoints and snapshots: every key's index generations and its
-/// current record.
-pub fn encode_keys<H: History>(b: &mut Vec<u8>, store: &Store<H>) {
+/// current record, copied, or (when `in_log` says the history record at that revision is
+/// durable in the log) referred to.
+pub fn encode_keys<H: History>(b: &mut Vec<u8>, store: &Store<H>, in_log: impl Fn(Revision) -> bool) {
     let keys = store.dump_keys();
     b.extend_from_slice(&(keys.len() as u64).to_le_bytes());
-    for (key, index, current) in keys {
+    let mut rec = Vec::new();
+    for (key, index, cur) in keys {
         b.extend_from_slice(&(key.len() as u32).to_le_bytes());
         b.extend_from_slice(key);
         b.extend_from_slice(&index.modified.main.to_le_bytes());
@@ -282,11 +303,12 @@ pub fn encode_keys<H: History>(b: &mut Vec<u8>, store: &Store<H>) {
                 b.extend_from_slice(&r.sub.to_le_bytes());
             }
         }
-        match current {
-            None => b.push(0),
+        match cur {
+            None => b.push(current::NONE),
+            Some(_) if in_log(index.modified) => b.push(current::IN_LOG),
             Some(r) => {
-                b.push(1);
-                let mut rec = Vec::new();
+                b.push(current::INLINE);
+                rec.clear();
                 encode_history(&mut rec, Revision::default(), r);
                 b.extend_from_slice(&(rec.len() as u32).to_le_bytes());
                 b.extend_from_slice(&rec);
@@ -295,9 +317,17 @@ pub fn encode_keys<H: History>(b: &mut Vec<u8>, store: &Store<H>) {
     }
 }
 
-pub fn decode_keys(r: &mut Reader<'_>) -> Result<Vec<KeyState>, String> {
+/// A decoded keys section: the keys, and those whose current record is in the log (their
+/// modified revision and position).
+pub type DecodedKeys = (Vec<KeyState>, Vec<(Revision, usize)>);
+
+/// Decodes a keys section. Keys whose current record is in the log (allowed only when
+/// `in_log_allowed`) come back without it, listed in the second vector as (their modified
+/// revision, their position in the first).
+pub fn decode_keys(r: &mut Reader<'_>, in_log_allowed: bool) -> Result<DecodedKeys, String> {
     let nkeys = r.u64()?;
     let mut keys = Vec::new();
+    let mut in_log = Vec::new();
     for _ in 0..nkeys {
         let key: Arc<[u8]> = Arc::from(r.blob()?);
         let modified = Revision { main: r.i64()?, sub: r.i64()? };
@@ -313,17 +343,22 @@ pub fn decode_keys(r: &mut Reader<'_>) -> Result<Vec<KeyState>, String> {
             }
             generations.push(Generation { ver, created, revs });
         }
-        let current = match r.u8()? {
-            0 => None,
-            _ => {
+        let cur = match r.u8()? {
+            current::NONE => None,
+            current::INLINE => {
                 let (_, mut rec) = decode_history(r.blob()?)?;
                 rec.key = key.clone();
                 Some(Arc::new(rec))
             }
+            current::IN_LOG if in_log_allowed => {
+                in_log.push((modified, keys.len()));
+                None
+            }
+            other => return Err(format!("unknown current-record tag {other}")),
         };
-        keys.push((key, KeyIndex { modified, generations }, current));
+        keys.push((key, KeyIndex { modified, generations }, cur));
     }
-    Ok(keys)
+    Ok((keys, in_log))
 }
 
 /// Serialises the store's state and `meta` into one checkpoint image (format in FORMAT.md).
@@ -337,9 +372,9 @@ pub fn encode_checkpoint<D: Disk>(store: &Store<DurableHistory<D>>, meta: &Check
     b.extend_from_slice(&meta.replay_from.offset.to_le_bytes());
     b.extend_from_slice(&store.current_revision().to_le_bytes());
     b.extend_from_slice(&store.first_revision().to_le_bytes());
-    encode_keys(&mut b, store);
-    // History: revision → location.
     let hist = store.history();
+    encode_keys(&mut b, store, |rev| hist.durable_location(rev).is_some());
+    // History: revision → location.
     b.extend_from_slice(&(hist.len() as u64).to_le_bytes());
     for (rev, loc, bytes) in hist.locations() {
         for v in [rev.main as u64, rev.sub as u64, loc.segment, loc.offset] {
@@ -365,6 +400,54 @@ pub struct CheckpointImage {
     pub compacted: i64,
     pub keys: Vec<KeyState>,
     pub history: Vec<(Revision, Location, u32)>,
+    /// Current records the checkpoint refers to in the log: (location, revision, position in
+    /// `keys`), in location order. [`CheckpointImage::visit_log`] fills them in.
+    pub(crate) in_log: Vec<(Location, Revision, usize)>,
+    /// How many of `in_log` have been filled in (the log is visited in location order).
+    pub(crate) in_log_filled: usize,
+}
+
+impl CheckpointImage {
+    /// An image whose current records are all in `keys` already.
+    pub fn new(
+        meta: CheckpointMeta,
+        rev: i64,
+        compacted: i64,
+        keys: Vec<KeyState>,
+        history: Vec<(Revision, Location, u32)>,
+    ) -> Self {
+        Self { meta, rev, compacted, keys, history, in_log: Vec::new(), in_log_filled: 0 }
+    }
+
+    /// Every record the log's recovery hands out goes through here (in log order, before any
+    /// filter on the replay location): the current records the checkpoint refers to are taken
+    /// from them, at no extra read. Fails when the record there is not the one referred to.
+    pub fn visit_log(&mut self, loc: Location, kind: u8, payload: &[u8]) -> Result<(), String> {
+        let Some(&(want, rev, i)) = self.in_log.get(self.in_log_filled) else { return Ok(()) };
+        if loc != want {
+            // Earlier records are not wanted; a wanted one passed by is reported by
+            // `restore_store` as missing.
+            return Ok(());
+        }
+        let wrong = |why: String| {
+            format!("the checkpoint's current record for revision {}/{} is not here: {why}", rev.main, rev.sub)
+        };
+        if kind != crate::log::kind::HISTORY {
+            return Err(wrong(format!("record kind {kind}")));
+        }
+        let (got, mut rec) = decode_history(payload).map_err(wrong)?;
+        if got != rev || rec.tombstone {
+            return Err(wrong(format!("found revision {}/{} (tombstone: {})", got.main, got.sub, rec.tombstone)));
+        }
+        let slot = &mut self.keys[i];
+        if rec.key[..] != slot.0[..] {
+            return Err(wrong("found another key".into()));
+        }
+        rec.key = slot.0.clone();
+        slot.2 = Some(Arc::new(rec));
+        self.in_log_filled += 1;
+        Ok(())
+    }
 }
 
 pub fn decode_checkpoint(data: &[u8]) -> Result<CheckpointImage, String> {
@@ -380,15 +463,15 @@ pub fn decode_checkpoint(data: &[u8]) -> Result<CheckpointImage, String> {
         return Err("not a checkpoint".into());
     }
     let version = r.u32()?;
-    if version != CHECKPOINT_VERSION {
-        return Err(format!("checkpoint format version {version}, this build reads {CHECKPOINT_VERSION}"));
+    if version != 1 && version != CHECKPOINT_VERSION {
+        return Err(format!("checkpoint format version {version}, this build reads 1 and {CHECKPOINT_VERSION}"));
     }
     r.u32()?;
     let applied_index = r.u64()?;
     let replay_from = Location { segment: r.u64()?, offset: r.u64()? };
     let rev = r.i64()?;
     let compacted = r.i64()?;
-    let keys = decode_keys(&mut r)?;
+    let (keys, refs) = decode_keys(&mut r, version >= 2)?;
     let nhist = r.u64()?;
     let mut history = Vec::new();
     for _ in 0..nhist {
@@ -406,7 +489,19 @@ pub fn decode_checkpoint(data: &[u8]) -> Result<CheckpointImage, String> {
     if !r.is_empty() {
         return Err("trailing bytes".into());
     }
-    Ok(CheckpointImage { meta: CheckpointMeta { applied_index, replay_from, sections }, rev, compacted, keys, history })
+    // History is in revision order: find each referred record's location.
+    let mut in_log = Vec::with_capacity(refs.len());
+    for (rev, i) in refs {
+        let Ok(h) = history.binary_search_by(|(r, _, _)| r.cmp(&rev)) else {
+            return Err(format!("current record of revision {}/{} is not in the history section", rev.main, rev.sub));
+        };
+        in_log.push((history[h].1, rev, i));
+    }
+    in_log.sort_unstable_by_key(|(loc, _, _)| *loc);
+    let mut img =
+        CheckpointImage::new(CheckpointMeta { applied_index, replay_from, sections }, rev, compacted, keys, history);
+    img.in_log = in_log;
+    Ok(img)
 }
 
 /// Writes a checkpoint image durably: a temporary file, synced, renamed into place, the
@@ -463,18 +558,165 @@ pub fn load_checkpoint<D: Disk>(disk: &D, dir: &Path) -> io::Result<Option<Check
     })
 }
 
-/// Rebuilds a store from a checkpoint image, with its history in `log`.
-pub fn restore_store<D: Disk>(img: &CheckpointImage, log: Rc<RefCell<Log<D>>>) -> Store<DurableHistory<D>> {
+/// Rebuilds a store from a checkpoint image, with its history in `log`. The log must have been
+/// opened with every record passed to [`CheckpointImage::visit_log`]; a current record the
+/// checkpoint refers to that the log did not hold is an error.
+pub fn restore_store<D: Disk>(
+    img: &CheckpointImage,
+    log: Rc<RefCell<Log<D>>>,
+) -> Result<Store<DurableHistory<D>>, String> {
+    if let Some((loc, rev, _)) = img.in_log.get(img.in_log_filled) {
+        return Err(format!(
+            "the checkpoint refers to the current record of revision {}/{} at {loc}, which the log does not hold \
+             (the log was cut or damaged); way out: restore a snapshot (`metastore snapshot restore`) into a new \
+             data dir",
+            rev.main, rev.sub
+        ));
+    }
     let mut history = DurableHistory::new(log);
     for (rev, loc, bytes) in &img.history {
         history.restore(*rev, *loc, *bytes);
     }
     let mut store = Store::with_history(history);
     store.load_state(img.rev, img.compacted, img.keys.iter().cloned());
-    store
+    Ok(store)
 }
 
 /// Errors opening the engine.
 pub fn log_error(e: LogError) -> io::Error {
     io::Error::other(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fault::{now, FaultDisk};
+    use crate::log::LogConfig;
+
+    const LOG: &str = "/m/log";
+
+    fn open(disk: &FaultDisk, img: Option<&mut CheckpointImage>) -> Rc<RefCell<Log<FaultDisk>>> {
+        let mut img = img;
+        let (log, _) = Log::open(disk.clone(), Path::new(LOG), LogConfig::default(), |l, k, p| match img.as_mut() {
+            Some(i) => i.visit_log(l, k, p),
+            None => Ok(()),
+        })
+        .expect("open");
+        Rc::new(RefCell::new(log))
+    }
+
+    fn flush(s: &mut Store<DurableHistory<FaultDisk>>, log: &Rc<RefCell<Log<FaultDisk>>>) {
+        let f = log.borrow_mut().start_flush().expect("flush").expect("pending");
+        let done = now(f.run());
+        let durable = log.borrow_mut().finish_flush(done).expect("flushed");
+        s.history_mut().on_durable(durable);
+    }
+
+    /// 200 keys of 1 KiB, each written twice, one deleted.
+    fn sample(disk: &FaultDisk) -> (Store<DurableHistory<FaultDisk>>, Rc<RefCell<Log<FaultDisk>>>) {
+        let log = open(disk, None);
+        let mut s = Store::with_history(DurableHistory::new(log.clone()));
+        for round in 0..2u8 {
+            for i in 0..200 {
+                s.write().put(format!("k{i:03}").as_bytes(), Some(&[round; 1024]), None);
+            }
+        }
+        s.write().delete_range(b"k007", b"");
+        flush(&mut s, &log);
+        (s, log)
+    }
+
+    fn meta() -> CheckpointMeta {
+        CheckpointMeta { applied_index: 9, replay_from: Location { segment: 1, offset: 32 }, sections: vec![] }
+    }
+
+    fn same(a: &Store<DurableHistory<FaultDisk>>, b: &Store<DurableHistory<FaultDisk>>) {
+        let all = |s: &Store<DurableHistory<FaultDisk>>| {
+            let mut v = Vec::new();
+            s.range_each(b"\0", b"\0", &Default::default(), |r| v.push((r.key.to_vec(), r.value.to_vec(), r.version)))
+                .expect("range");
+            v
+        };
+        assert_eq!(all(a), all(b));
+        assert_eq!(a.current_revision(), b.current_revision());
+        assert_eq!(a.hash_kv(0).expect("hash"), b.hash_kv(0).expect("hash"));
+    }
+
+    #[test]
+    fn a_checkpoint_refers_to_current_records_in_the_log() {
+        let disk = FaultDisk::new();
+        let (s, _log) = sample(&disk);
+        let image = encode_checkpoint(&s, &meta());
+        // The key index and history locations only: far less than the 199 live KiB.
+        assert!(image.len() < 40_000, "checkpoint of {} bytes copies values", image.len());
+        let mut img = decode_checkpoint(&image).expect("decode");
+        assert_eq!(img.in_log.len(), 199);
+        let log = open(&disk, Some(&mut img));
+        let restored = restore_store(&img, log).expect("restore");
+        same(&s, &restored);
+        assert_eq!(restored.get(b"k001").expect("live").value[..], [1u8; 1024]);
+    }
+
+    #[test]
+    fn records_not_yet_durable_are_copied() {
+        let disk = FaultDisk::new();
+        let (mut s, _log) = sample(&disk);
+        s.write().put(b"k001", Some(b"new"), None);
+        let mut img = decode_checkpoint(&encode_checkpoint(&s, &meta())).expect("decode");
+        assert_eq!(img.in_log.len(), 198, "the unflushed put is inline");
+        assert_eq!(
+            img.keys.iter().find(|k| &k.0[..] == b"k001").and_then(|k| k.2.clone()).expect("inline").value[..],
+            *b"new"
+        );
+        let log = open(&disk, Some(&mut img));
+        assert_eq!(restore_store(&img, log).expect("restore").get(b"k001").expect("live").value[..], *b"new");
+    }
+
+    #[test]
+    fn version_1_checkpoints_are_still_read() {
+        let disk = FaultDisk::new();
+        let (s, _log) = sample(&disk);
+        // Version 1: every current record inline.
+        let mut b = Vec::new();
+        b.extend_from_slice(CHECKPOINT_MAGIC);
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        let v2 = encode_checkpoint(&s, &meta());
+        b.extend_from_slice(&v2[16..56]);
+        encode_keys(&mut b, &s, |_| false);
+        let mut r = Reader::new(&v2[56..v2.len() - 4]);
+        decode_keys(&mut r, true).expect("keys");
+        b.extend_from_slice(r.rest());
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        let mut img = decode_checkpoint(&b).expect("version 1 decodes");
+        assert!(img.in_log.is_empty());
+        let log = open(&disk, Some(&mut img));
+        same(&s, &restore_store(&img, log).expect("restore"));
+        // A version 1 image may not refer to the log.
+        let mut bad = v2[..v2.len() - 4].to_vec();
+        bad[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32c::crc32c(&bad);
+        bad.extend_from_slice(&crc.to_le_bytes());
+        assert!(decode_checkpoint(&bad).err().expect("refs in v1").contains("current-record tag 2"));
+    }
+
+    #[test]
+    fn a_referred_record_missing_from_the_log_fails_the_start() {
+        let disk = FaultDisk::new();
+        let (s, _log) = sample(&disk);
+        let image = encode_checkpoint(&s, &meta());
+        // A log that lost the records (an empty one in another place).
+        let mut img = decode_checkpoint(&image).expect("decode");
+        let (log, _) =
+            Log::open(disk.clone(), Path::new("/other/log"), LogConfig::default(), |l, k, p| img.visit_log(l, k, p))
+                .expect("open");
+        let err = restore_store(&img, Rc::new(RefCell::new(log))).err().expect("missing records");
+        assert!(err.contains("which the log does not hold") && err.contains("snapshot restore"), "{err}");
+        // A location that holds another record.
+        let mut img = decode_checkpoint(&image).expect("decode");
+        img.in_log[0].1 = Revision { main: 999, sub: 0 };
+        let r = Log::open(disk.clone(), Path::new(LOG), LogConfig::default(), |l, k, p| img.visit_log(l, k, p));
+        assert!(r.is_err_and(|e| e.to_string().contains("current record for revision 999/0 is not here")));
+    }
 }

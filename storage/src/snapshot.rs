@@ -33,7 +33,7 @@ pub fn encode<H: History>(store: &Store<H>, sections: &[(u32, Vec<u8>)]) -> Resu
     b.extend_from_slice(&0u32.to_le_bytes());
     b.extend_from_slice(&store.current_revision().to_le_bytes());
     b.extend_from_slice(&store.first_revision().to_le_bytes());
-    encode_keys(&mut b, store);
+    encode_keys(&mut b, store, |_| false);
     let revs = store.history().revisions_from(Revision::default());
     b.extend_from_slice(&(revs.len() as u64).to_le_bytes());
     let mut rec = Vec::new();
@@ -116,7 +116,7 @@ pub fn decode(data: &[u8], skip_hash: bool) -> Result<Image, String> {
     r.u32()?;
     let rev = r.i64()?;
     let compacted = r.i64()?;
-    let keys = decode_keys(&mut r)?;
+    let (keys, _) = decode_keys(&mut r, false)?;
     let n = r.u64()?;
     let mut history = Vec::new();
     for _ in 0..n {
@@ -157,14 +157,14 @@ pub fn restore<D: Disk + Clone>(
         }
     }
     flush(&log)?;
-    let ckpt = CheckpointImage {
-        meta: CheckpointMeta { applied_index: raft_index, replay_from: log.borrow().tail(), sections },
-        rev: img.rev,
-        compacted: img.compacted,
-        keys: img.keys.clone(),
+    let ckpt = CheckpointImage::new(
+        CheckpointMeta { applied_index: raft_index, replay_from: log.borrow().tail(), sections },
+        img.rev,
+        img.compacted,
+        img.keys.clone(),
         history,
-    };
-    let store = restore_store(&ckpt, log.clone());
+    );
+    let store = restore_store(&ckpt, log.clone())?;
     let image = encode_checkpoint(&store, &ckpt.meta);
     write_checkpoint(&disk, &member_dir.join("checkpoint"), raft_index, &image).map_err(|e| e.to_string())?;
     Ok(())
@@ -232,10 +232,12 @@ mod tests {
         let disk = FaultDisk::new();
         let dir = Path::new("/restored/member");
         restore(disk.clone(), dir, &img, 1, vec![(1, b"raft".to_vec())]).unwrap();
-        let ck = load_checkpoint(&disk, &dir.join("checkpoint")).unwrap().unwrap();
+        let mut ck = load_checkpoint(&disk, &dir.join("checkpoint")).unwrap().unwrap();
         assert_eq!(ck.meta.applied_index, 1);
-        let (log, _) = Log::open(disk.clone(), &dir.join("log"), LogConfig::default(), |_, _, _| Ok(())).unwrap();
-        let restored: Store<DurableHistory<FaultDisk>> = restore_store(&ck, Rc::new(RefCell::new(log)));
+        assert!(!ck.in_log.is_empty(), "the checkpoint refers to the current records in the log");
+        let (log, _) =
+            Log::open(disk.clone(), &dir.join("log"), LogConfig::default(), |l, k, p| ck.visit_log(l, k, p)).unwrap();
+        let restored: Store<DurableHistory<FaultDisk>> = restore_store(&ck, Rc::new(RefCell::new(log))).unwrap();
         for rev in [20, 30, 51, 52] {
             let o = RangeOptions { rev, ..Default::default() };
             let (mut a, mut b) = (Vec::new(), Vec::new());

@@ -85,11 +85,14 @@ struct Node {
 }
 
 fn open(disk: &FaultDisk) -> Node {
-    let img = load_checkpoint(disk, Path::new(CKPT_DIR)).unwrap();
+    let mut img = load_checkpoint(disk, Path::new(CKPT_DIR)).unwrap();
     let (applied, replay_from) =
         img.as_ref().map_or((0, Location::default()), |i| (i.meta.applied_index, i.meta.replay_from));
     let mut replay = Vec::new();
     let (log, _) = Log::open(disk.clone(), Path::new(LOG_DIR), cfg(), |loc, k, p| {
+        if let Some(i) = img.as_mut() {
+            i.visit_log(loc, k, p)?;
+        }
         if k == kind::RAFT_ENTRY && loc >= replay_from {
             let (index, op) = decode(p);
             if index > applied {
@@ -101,7 +104,7 @@ fn open(disk: &FaultDisk) -> Node {
     .unwrap();
     let log = Rc::new(RefCell::new(log));
     let store = match &img {
-        Some(i) => restore_store(i, log.clone()),
+        Some(i) => restore_store(i, log.clone()).unwrap(),
         None => Store::with_history(DurableHistory::new(log.clone())),
     };
     let mut node = Node { log, store, applied, entries: Default::default() };
