@@ -615,17 +615,32 @@ pub async fn shard_loop(core: Rc<Core>) {
         if let Some(done) = core.flushed.borrow_mut().take() {
             shard.borrow_mut().flush_done(done, &mut replies);
         }
-        if let Some(flush) = shard.borrow_mut().drive(&mut replies) {
-            let c = core.clone();
-            monoio::spawn(async move {
+        let flush = shard.borrow_mut().drive(&mut replies);
+        let inline = shard.borrow().sync_inline();
+        match flush {
+            Some(flush) if inline => {
+                // A lone write: nothing to serve meanwhile, so no hand-off (Shard::sync_inline).
                 let started = Instant::now();
-                let done = flush.run().await;
-                // The batch's write and its fdatasync.
-                CoreStats::add(&c.stats().io_submissions, 2);
-                c.shared.shard_stats.record_fsync(started.elapsed());
-                *c.flushed.borrow_mut() = Some(done);
-                c.shard_wake.notify();
-            });
+                let done = flush.run_blocking();
+                CoreStats::add(&core.stats().io_submissions, 2);
+                core.shared.shard_stats.record_fsync(started.elapsed());
+                shard.borrow_mut().flush_done(done, &mut replies);
+                // What the batch committed is applied (and answered) by the next round's drive.
+                core.shard_wake.notify();
+            }
+            Some(flush) => {
+                let c = core.clone();
+                monoio::spawn(async move {
+                    let started = Instant::now();
+                    let done = flush.run().await;
+                    // The batch's write and its fdatasync.
+                    CoreStats::add(&c.stats().io_submissions, 2);
+                    c.shared.shard_stats.record_fsync(started.elapsed());
+                    *c.flushed.borrow_mut() = Some(done);
+                    c.shard_wake.notify();
+                });
+            }
+            None => {}
         }
         shard.borrow().publish_stats(&core.shared.shard_stats);
         core.shared.shard_stats.loop_at_ms.store(core.shared.shard_stats.now_ms(), Ordering::Relaxed);
