@@ -489,7 +489,7 @@ impl<D: Disk> Shard<D> {
             tracing::warn!(%loc, bytes, "cut a torn tail off the log (a batch that was never acknowledged)");
         }
         let log = Rc::new(RefCell::new(log));
-        let store = match &img {
+        let store = match img.as_mut() {
             Some(i) => engine::restore_store(i, log.clone())?,
             None => Store::with_history(DurableHistory::new(log.clone())),
         };

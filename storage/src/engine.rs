@@ -145,11 +145,19 @@ impl<D: Disk> DurableHistory<D> {
         }
     }
 
-    /// Restores a slot from a checkpoint.
-    fn restore(&mut self, rev: Revision, loc: Location, bytes: u32) {
-        self.slots.insert(rev, Slot { loc, mem: None, bytes });
-        self.bytes += bytes as usize;
-        self.add_live(loc, bytes);
+    /// Restores the slots of a checkpoint (in revision order: the map is built in one pass).
+    fn restore_all(&mut self, slots: &[(Revision, Location, u32)]) {
+        for (_, loc, bytes) in slots {
+            self.bytes += *bytes as usize;
+            self.add_live(*loc, *bytes);
+        }
+        let restored: BTreeMap<Revision, Slot> =
+            slots.iter().map(|(rev, loc, bytes)| (*rev, Slot { loc: *loc, mem: None, bytes: *bytes })).collect();
+        if self.slots.is_empty() {
+            self.slots = restored;
+        } else {
+            self.slots.extend(restored);
+        }
     }
 
     /// Where the record at `rev` is in the log, once it is durable there.
@@ -489,13 +497,30 @@ pub fn decode_checkpoint(data: &[u8]) -> Result<CheckpointImage, String> {
     if !r.is_empty() {
         return Err("trailing bytes".into());
     }
-    // History is in revision order: find each referred record's location.
+    // Each referred record's location: the references in revision order, merged with the
+    // history (in revision order as written; checked as merged).
+    let mut refs = refs;
+    refs.sort_unstable_by_key(|(rev, _)| *rev);
     let mut in_log = Vec::with_capacity(refs.len());
+    let mut h = history.iter().peekable();
+    let mut last = None;
     for (rev, i) in refs {
-        let Ok(h) = history.binary_search_by(|(r, _, _)| r.cmp(&rev)) else {
-            return Err(format!("current record of revision {}/{} is not in the history section", rev.main, rev.sub));
-        };
-        in_log.push((history[h].1, rev, i));
+        loop {
+            match h.peek() {
+                Some((r, _, _)) if last.is_some_and(|l| *r <= l) => return Err("history section out of order".into()),
+                Some((r, _, _)) if *r < rev => last = h.next().map(|(r, _, _)| *r),
+                _ => break,
+            }
+        }
+        match h.peek() {
+            Some((r, loc, _)) if *r == rev => in_log.push((*loc, rev, i)),
+            _ => {
+                return Err(format!(
+                    "current record of revision {}/{} is not in the history section",
+                    rev.main, rev.sub
+                ))
+            }
+        }
     }
     in_log.sort_unstable_by_key(|(loc, _, _)| *loc);
     let mut img =
@@ -560,9 +585,10 @@ pub fn load_checkpoint<D: Disk>(disk: &D, dir: &Path) -> io::Result<Option<Check
 
 /// Rebuilds a store from a checkpoint image, with its history in `log`. The log must have been
 /// opened with every record passed to [`CheckpointImage::visit_log`]; a current record the
-/// checkpoint refers to that the log did not hold is an error.
+/// checkpoint refers to that the log did not hold is an error. The image's keys are moved into
+/// the store.
 pub fn restore_store<D: Disk>(
-    img: &CheckpointImage,
+    img: &mut CheckpointImage,
     log: Rc<RefCell<Log<D>>>,
 ) -> Result<Store<DurableHistory<D>>, String> {
     if let Some((loc, rev, _)) = img.in_log.get(img.in_log_filled) {
@@ -574,11 +600,10 @@ pub fn restore_store<D: Disk>(
         ));
     }
     let mut history = DurableHistory::new(log);
-    for (rev, loc, bytes) in &img.history {
-        history.restore(*rev, *loc, *bytes);
-    }
+    history.restore_all(&img.history);
     let mut store = Store::with_history(history);
-    store.load_state(img.rev, img.compacted, img.keys.iter().cloned());
+    // The keys move into the store (a million keys' indexes are not worth copying).
+    store.load_state(img.rev, img.compacted, std::mem::take(&mut img.keys).into_iter());
     Ok(store)
 }
 
@@ -652,7 +677,7 @@ mod tests {
         let mut img = decode_checkpoint(&image).expect("decode");
         assert_eq!(img.in_log.len(), 199);
         let log = open(&disk, Some(&mut img));
-        let restored = restore_store(&img, log).expect("restore");
+        let restored = restore_store(&mut img, log).expect("restore");
         same(&s, &restored);
         assert_eq!(restored.get(b"k001").expect("live").value[..], [1u8; 1024]);
     }
@@ -669,7 +694,7 @@ mod tests {
             *b"new"
         );
         let log = open(&disk, Some(&mut img));
-        assert_eq!(restore_store(&img, log).expect("restore").get(b"k001").expect("live").value[..], *b"new");
+        assert_eq!(restore_store(&mut img, log).expect("restore").get(b"k001").expect("live").value[..], *b"new");
     }
 
     #[test]
@@ -692,7 +717,7 @@ mod tests {
         let mut img = decode_checkpoint(&b).expect("version 1 decodes");
         assert!(img.in_log.is_empty());
         let log = open(&disk, Some(&mut img));
-        same(&s, &restore_store(&img, log).expect("restore"));
+        same(&s, &restore_store(&mut img, log).expect("restore"));
         // A version 1 image may not refer to the log.
         let mut bad = v2[..v2.len() - 4].to_vec();
         bad[8..12].copy_from_slice(&1u32.to_le_bytes());
@@ -711,7 +736,7 @@ mod tests {
         let (log, _) =
             Log::open(disk.clone(), Path::new("/other/log"), LogConfig::default(), |l, k, p| img.visit_log(l, k, p))
                 .expect("open");
-        let err = restore_store(&img, Rc::new(RefCell::new(log))).err().expect("missing records");
+        let err = restore_store(&mut img, Rc::new(RefCell::new(log))).err().expect("missing records");
         assert!(err.contains("which the log does not hold") && err.contains("snapshot restore"), "{err}");
         // A location that holds another record.
         let mut img = decode_checkpoint(&image).expect("decode");

@@ -337,12 +337,16 @@ impl<D: Disk> Log<D> {
         };
         let mut recovered = Recovered { torn_tail: None, records: 0 };
         let mut batch: Vec<(Location, u8, std::ops::Range<usize>)> = Vec::new();
+        let mut data: Vec<u8> = Vec::new();
         for (i, &seq) in seqs.iter().enumerate() {
             let last = i + 1 == seqs.len();
             let path = dir.join(segment_name(seq));
             let file = log.disk.open(&path)?;
             let len = file.len()?;
-            let mut data = vec![0u8; len as usize];
+            // One buffer for every segment: fresh pages for each would cost a fault and a
+            // clearing per page.
+            data.clear();
+            data.resize(len as usize, 0);
             read_exact_at(&file, &mut data, 0)?;
             let corrupt = |offset: u64, reason: String| LogError::Corrupt { file: path.clone(), offset, reason };
             if let Err(why) = check_header(&data, seq) {

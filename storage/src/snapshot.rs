@@ -157,14 +157,14 @@ pub fn restore<D: Disk + Clone>(
         }
     }
     flush(&log)?;
-    let ckpt = CheckpointImage::new(
+    let mut ckpt = CheckpointImage::new(
         CheckpointMeta { applied_index: raft_index, replay_from: log.borrow().tail(), sections },
         img.rev,
         img.compacted,
         img.keys.clone(),
         history,
     );
-    let store = restore_store(&ckpt, log.clone())?;
+    let store = restore_store(&mut ckpt, log.clone())?;
     let image = encode_checkpoint(&store, &ckpt.meta);
     write_checkpoint(&disk, &member_dir.join("checkpoint"), raft_index, &image).map_err(|e| e.to_string())?;
     Ok(())
@@ -237,7 +237,7 @@ mod tests {
         assert!(!ck.in_log.is_empty(), "the checkpoint refers to the current records in the log");
         let (log, _) =
             Log::open(disk.clone(), &dir.join("log"), LogConfig::default(), |l, k, p| ck.visit_log(l, k, p)).unwrap();
-        let restored: Store<DurableHistory<FaultDisk>> = restore_store(&ck, Rc::new(RefCell::new(log))).unwrap();
+        let restored: Store<DurableHistory<FaultDisk>> = restore_store(&mut ck, Rc::new(RefCell::new(log))).unwrap();
         for rev in [20, 30, 51, 52] {
             let o = RangeOptions { rev, ..Default::default() };
             let (mut a, mut b) = (Vec::new(), Vec::new());

@@ -103,7 +103,7 @@ fn open(disk: &FaultDisk) -> Node {
     })
     .unwrap();
     let log = Rc::new(RefCell::new(log));
-    let store = match &img {
+    let store = match img.as_mut() {
         Some(i) => restore_store(i, log.clone()).unwrap(),
         None => Store::with_history(DurableHistory::new(log.clone())),
     };

@@ -154,12 +154,16 @@ impl<H: History> Store<H> {
     pub fn load_state(&mut self, rev: i64, compacted: i64, keys: impl Iterator<Item = KeyState>) {
         self.rev = rev;
         self.compacted = compacted;
-        self.keys.clear();
         self.live_keys = 0;
-        for (k, index, current) in keys {
-            self.live_keys += current.is_some() as usize;
-            self.keys.insert(k, Entry { index, current });
-        }
+        // Collected at once: a checkpoint's keys come in order, which the map builds from in
+        // one pass instead of a search per key.
+        let live = &mut self.live_keys;
+        self.keys = keys
+            .map(|(k, index, current)| {
+                *live += current.is_some() as usize;
+                (k, Entry { index, current })
+            })
+            .collect();
     }
 
     pub fn history(&self) -> &H {
