@@ -220,12 +220,7 @@ fn decode_into(src: &[u8], out: &mut [u8], n: &mut usize) -> Result<(), Option<D
                     continue;
                 }
             }
-            let fast = TABLES.fast[((acc >> (bits - FAST_BITS)) & ((1 << FAST_BITS) - 1)) as usize];
-            let (sym, len) = if fast != 0 {
-                (fast & 0x1ff, u32::from(fast >> 9))
-            } else {
-                decode_long(((acc >> (bits - CODE_LEN_MAX)) & ((1 << CODE_LEN_MAX) - 1)) as u32)
-            };
+            let (sym, len) = symbol(acc, bits);
             if sym == EOS {
                 return Err(Some(DecodeError::InvalidHuffman));
             }
@@ -240,9 +235,7 @@ fn decode_into(src: &[u8], out: &mut [u8], n: &mut usize) -> Result<(), Option<D
         if bits == 0 {
             return Ok(());
         }
-        let fast = TABLES.fast[peek(acc, bits, FAST_BITS) as usize];
-        let (sym, len) =
-            if fast != 0 { (fast & 0x1ff, u32::from(fast >> 9)) } else { decode_long(peek(acc, bits, CODE_LEN_MAX)) };
+        let (sym, len) = symbol(acc, bits);
         if len > bits {
             // Only padding is left, or a code was cut short: the input ran out mid-symbol.
             let rest = acc & ((1 << bits) - 1);
@@ -258,6 +251,18 @@ fn decode_into(src: &[u8], out: &mut [u8], n: &mut usize) -> Result<(), Option<D
         *out.get_mut(*n).ok_or(None)? = sym as u8;
         *n += 1;
         bits -= len;
+    }
+}
+
+/// The symbol the undecoded bits start with, and its code's length (which may exceed `bits`
+/// at the input's end: see [`peek`]).
+#[inline(always)]
+fn symbol(acc: u64, bits: u32) -> (u16, u32) {
+    let fast = TABLES.fast[peek(acc, bits, FAST_BITS) as usize];
+    if fast != 0 {
+        (fast & 0x1ff, u32::from(fast >> 9))
+    } else {
+        decode_long(peek(acc, bits, CODE_LEN_MAX))
     }
 }
 
