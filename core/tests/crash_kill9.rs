@@ -63,6 +63,7 @@ use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
 use common::grpc::{Client, NOT_GRPC};
+use common::rng::Rng;
 use common::TestServer;
 use metastore_proto::etcdserverpb as pb;
 use metastore_proto::mvccpb::KeyValue;
@@ -105,36 +106,6 @@ fn snapshot_flags(start: usize) -> Vec<&'static str> {
 }
 
 // ----- randomness -----
-
-/// SplitMix64: small and seedable.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn pct(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-
-    /// Uniform in `lo..=hi` (`lo` if empty).
-    fn between(&mut self, lo: i64, hi: i64) -> i64 {
-        if hi <= lo {
-            return lo;
-        }
-        lo + self.below((hi - lo + 1) as u64) as i64
-    }
-}
 
 fn seed() -> u64 {
     match std::env::var("CRASH_SEED") {

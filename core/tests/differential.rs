@@ -45,13 +45,11 @@
 mod common;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use common::etcd::Etcd;
 use common::grpc::Client;
+use common::rng::Rng;
 use common::TestServer;
 use metastore_proto::etcdserverpb as pb;
 use metastore_proto::mvccpb::KeyValue;
@@ -76,154 +74,7 @@ const MAX_REQUEST_BYTES: usize = 1_572_864;
 /// compared up to the order of ties: see [`canon_range`].
 const SORT_STABLE_MAX: i64 = 12;
 
-// ----- a real etcd -----
-
-const ETCD: &str = "etcd";
-const INSTALL: &str = "run `scripts/install-test-tools` (it installs Debian's etcd-server and etcd-client)";
-
-/// One etcd member started by this test; dropping it kills the process by its PID (even when
-/// the test panics) and removes its data dir.
-struct EtcdGuard {
-    child: Option<Child>,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl EtcdGuard {
-    /// Starts etcd on free loopback ports (client and peer) and waits until it answers. A port
-    /// taken between picking and binding makes etcd exit: that is retried on new ports.
-    fn start() -> Self {
-        let mut last = String::new();
-        for _ in 0..5 {
-            match Self::try_start() {
-                Ok(e) => return e,
-                Err(log) => last = log,
-            }
-        }
-        panic!("etcd did not start after 5 tries; last log:\n{last}");
-    }
-
-    fn try_start() -> Result<Self, String> {
-        // etcd fsyncs every write; on tmpfs that costs nothing and the 10,000 requests fit the
-        // time budget.
-        let shm = PathBuf::from("/dev/shm");
-        let dir = if shm.is_dir() {
-            static N: AtomicU32 = AtomicU32::new(0);
-            let n = N.fetch_add(1, Ordering::SeqCst);
-            let d = shm.join(format!("metastore-diff-etcd-{}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&d);
-            std::fs::create_dir_all(&d).unwrap();
-            d
-        } else {
-            common::temp_dir("etcd")
-        };
-        let (client, peer) = {
-            // Both held while the second is picked, so they differ; dropped before etcd binds.
-            let a = TcpListener::bind("127.0.0.1:0").unwrap();
-            let b = TcpListener::bind("127.0.0.1:0").unwrap();
-            (a.local_addr().unwrap(), b.local_addr().unwrap())
-        };
-        let curl = format!("http://{client}");
-        let purl = format!("http://{peer}");
-        let log = dir.join("etcd.log");
-        let mut cmd = Command::new(ETCD);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("ETCD_") {
-                cmd.env_remove(k);
-            }
-        }
-        let child = cmd
-            .args(["--name", "diff", "--data-dir"])
-            .arg(dir.join("data"))
-            .args(["--listen-client-urls", &curl, "--advertise-client-urls", &curl])
-            .args(["--listen-peer-urls", &purl, "--initial-advertise-peer-urls", &purl])
-            .args(["--initial-cluster", &format!("diff={purl}")])
-            .args(["--max-txn-ops", &MAX_TXN_OPS.to_string()])
-            .args(["--max-request-bytes", &MAX_REQUEST_BYTES.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn();
-        let child = match child {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let _ = std::fs::remove_dir_all(&dir);
-                panic!("`{ETCD}` is not installed: {INSTALL}");
-            }
-            Err(e) => panic!("cannot run `{ETCD}` ({e}): {INSTALL}"),
-        };
-        let mut etcd = EtcdGuard { child: Some(child), addr: client, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok((200, body)) = common::http_get(client, "/health") {
-                if body.contains("true") {
-                    return Ok(etcd);
-                }
-            }
-            if let Some(status) = etcd.child.as_mut().unwrap().try_wait().unwrap() {
-                etcd.child = None;
-                return Err(format!("etcd exited ({status}):\n{}", etcd.log()));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("etcd not healthy within 30s:\n{}", etcd.log()));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for EtcdGuard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Exactly this process, by its PID; then reap it.
-            if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 // ----- randomness -----
-
-/// SplitMix64: small, seedable, good enough to drive a generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// Percent chance.
-    fn pct(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-
-    /// Uniform in `lo..=hi` (`lo` if the range is empty).
-    fn between(&mut self, lo: i64, hi: i64) -> i64 {
-        if hi <= lo {
-            return lo;
-        }
-        lo + self.below((hi - lo + 1) as u64) as i64
-    }
-
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len() as u64) as usize]
-    }
-}
 
 // ----- requests -----
 
@@ -1324,7 +1175,12 @@ fn requests_per_seed(default: usize) -> usize {
 /// difference and returns it with the seed, the request and both answers.
 fn run_seed(driver: &str, seed: u64, n: usize, cov: &mut Coverage) -> Result<(), String> {
     let started = Instant::now();
-    let etcd = EtcdGuard::start();
+    let etcd = Etcd::start_tmpfs_with(&[
+        "--max-txn-ops",
+        &MAX_TXN_OPS.to_string(),
+        "--max-request-bytes",
+        &MAX_REQUEST_BYTES.to_string(),
+    ]);
     let limits = [
         "--max-txn-ops".to_string(),
         MAX_TXN_OPS.to_string(),
@@ -1334,12 +1190,12 @@ fn run_seed(driver: &str, seed: u64, n: usize, cov: &mut Coverage) -> Result<(),
     let limits: Vec<&str> = limits.iter().map(|s| s.as_str()).collect();
     let srv = TestServer::start(driver, &limits);
     let boot = started.elapsed();
-    eprintln!("[{driver}] seed {seed:#x}: {n} requests; etcd at {}, metastore at {}", etcd.addr, srv.addr);
+    eprintln!("[{driver}] seed {seed:#x}: {n} requests; etcd at {}, metastore at {}", etcd.client, srv.addr);
     let trace = std::env::var("DIFF_TRACE").is_ok();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut local = Coverage::default();
     let result: Result<(), String> = rt.block_on(async {
-        let mut ec = Client::connect(etcd.addr).await;
+        let mut ec = Client::connect(etcd.client).await;
         let mut mc = Client::connect(srv.addr).await;
         // `/health` answered; still, the first call must not meet a member that is not ready.
         let ready = Instant::now() + Duration::from_secs(20);

@@ -63,6 +63,7 @@ use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
 use common::grpc::{Client, Stream};
+use common::rng::Rng;
 use common::TestServer;
 use metastore_proto::etcdserverpb as pb;
 use metastore_proto::mvccpb;
@@ -84,34 +85,6 @@ const WATCH_IDS: [i64; 3] = [100, 101, 102];
 const QUIET: Duration = Duration::from_millis(250);
 
 // ----- randomness -----
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pct(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-    fn between(&mut self, lo: i64, hi: i64) -> i64 {
-        if hi <= lo {
-            return lo;
-        }
-        lo + self.below((hi - lo + 1) as u64) as i64
-    }
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len() as u64) as usize]
-    }
-}
 
 // ----- requests -----
 
@@ -201,7 +174,7 @@ struct Gen {
 impl Gen {
     fn key(&mut self) -> Vec<u8> {
         let len = 1 + self.rng.below(2) as usize;
-        (0..len).map(|_| self.rng.pick(b"abc")).collect()
+        (0..len).map(|_| *self.rng.pick(b"abc")).collect()
     }
 
     fn value(&mut self) -> Vec<u8> {
@@ -213,7 +186,7 @@ impl Gen {
             0
         } else {
             self.tags.push("put.lease");
-            self.rng.pick(&LEASES)
+            *self.rng.pick(&LEASES)
         }
     }
 
@@ -222,7 +195,7 @@ impl Gen {
         match self.rng.below(kinds) {
             0..=4 => (self.key(), Vec::new()),
             5..=7 => {
-                let k = vec![self.rng.pick(b"abc")];
+                let k = vec![*self.rng.pick(b"abc")];
                 self.tags.push("range.prefix");
                 let e = prefix_end(&k);
                 (k, e)
@@ -301,7 +274,7 @@ impl Gen {
                 })
             }
             525..=599 => {
-                let id = if self.rng.pct(8) { 0 } else { self.rng.pick(&LEASES) };
+                let id = if self.rng.pct(8) { 0 } else { *self.rng.pick(&LEASES) };
                 let ttl = match self.rng.below(10) {
                     0..=5 => 60,
                     6 => 3600,
@@ -311,8 +284,8 @@ impl Gen {
                 };
                 Req::Grant(pb::LeaseGrantRequest { ttl, id })
             }
-            600..=639 => Req::Revoke(pb::LeaseRevokeRequest { id: self.rng.pick(&LEASES) }),
-            640..=689 => Req::Ttl(pb::LeaseTimeToLiveRequest { id: self.rng.pick(&LEASES), keys: self.rng.pct(60) }),
+            600..=639 => Req::Revoke(pb::LeaseRevokeRequest { id: *self.rng.pick(&LEASES) }),
+            640..=689 => Req::Ttl(pb::LeaseTimeToLiveRequest { id: *self.rng.pick(&LEASES), keys: self.rng.pct(60) }),
             690..=709 => Req::Leases,
             710..=789 => {
                 let s = self.rng.below(STREAMS as u64) as usize;
@@ -341,7 +314,7 @@ impl Gen {
                 if self.rng.pct(15) {
                     filters.push(FilterType::Nodelete as i32);
                 }
-                let watch_id = if self.rng.pct(20) { self.rng.pick(&WATCH_IDS) } else { 0 };
+                let watch_id = if self.rng.pct(20) { *self.rng.pick(&WATCH_IDS) } else { 0 };
                 let prev_kv = self.rng.pct(40);
                 let c = pb::WatchCreateRequest {
                     key,
@@ -357,7 +330,7 @@ impl Gen {
             790..=814 => {
                 let s = self.rng.below(STREAMS as u64) as usize;
                 let live: Vec<i64> = m.watches[s].iter().chain(&m.compacted_ids[s]).copied().collect();
-                let id = if live.is_empty() || self.rng.pct(10) { 999 } else { self.rng.pick(&live) };
+                let id = if live.is_empty() || self.rng.pct(10) { 999 } else { *self.rng.pick(&live) };
                 Req::WatchCancel(s, id)
             }
             815..=829 => Req::Progress(self.rng.below(STREAMS as u64) as usize),

@@ -14,23 +14,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::rng::Rng;
 use common::{TestServer, DRIVERS};
 use etcd_client::{Client, CompactionOptions, EventType, Txn, TxnOp, WatchOptions};
-
-/// xorshift64*: a seeded generator, so a failing run can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// One change as a watcher sees it: revision, key, PUT value or None for DELETE.
 type Change = (i64, String, Option<String>);

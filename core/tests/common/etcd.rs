@@ -26,20 +26,25 @@ impl Etcd {
     /// Starts `etcd` and waits until it has a leader (`/health` says true). A port taken between
     /// picking and binding makes etcd exit: that is retried on new ports.
     pub fn start() -> Self {
-        Self::start_on(false)
+        Self::start_on(false, &[])
     }
 
     /// As [`Etcd::start`], with the data dir on tmpfs (`/dev/shm`, where there is one): etcd
     /// fsyncs every write, which costs nothing there (for tests sending thousands of writes).
     pub fn start_tmpfs() -> Self {
-        Self::start_on(true)
+        Self::start_on(true, &[])
     }
 
-    fn start_on(tmpfs: bool) -> Self {
+    /// As [`Etcd::start_tmpfs`], with more flags.
+    pub fn start_tmpfs_with(flags: &[&str]) -> Self {
+        Self::start_on(true, flags)
+    }
+
+    fn start_on(tmpfs: bool, flags: &[&str]) -> Self {
         assert!(std::path::Path::new(ETCD_BIN).exists(), "{ETCD_BIN} is missing: {INSTALL}");
         let mut last = String::new();
         for _ in 0..5 {
-            match Self::try_start(tmpfs) {
+            match Self::try_start(tmpfs, flags) {
                 Ok(e) => return e,
                 Err(log) => last = log,
             }
@@ -47,7 +52,7 @@ impl Etcd {
         panic!("etcd did not start after 5 tries; last log:\n{last}");
     }
 
-    fn try_start(tmpfs: bool) -> Result<Self, String> {
+    fn try_start(tmpfs: bool, flags: &[&str]) -> Result<Self, String> {
         let shm = std::path::Path::new("/dev/shm");
         let dir = if tmpfs && shm.is_dir() {
             static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -82,6 +87,7 @@ impl Etcd {
             .args(["--listen-client-urls", &curl, "--advertise-client-urls", &curl])
             .args(["--listen-peer-urls", &purl, "--initial-advertise-peer-urls", &purl])
             .args(["--initial-cluster", &format!("default={purl}")])
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf)

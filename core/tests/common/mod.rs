@@ -6,6 +6,7 @@
 pub mod etcd;
 pub mod grpc;
 pub mod raw;
+pub mod rng;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
