@@ -574,7 +574,7 @@ mod tests {
         assert_eq!(ck.voters, vec![7]);
         let decoded = RaftCheckpoint::decode(&ck.encode()).unwrap();
         assert_eq!(decoded, ck);
-        node.compact(ck.index);
+        drop(node.compact(ck.index));
         node.propose(b"after".to_vec()).unwrap();
         pump(&mut node, &mut log2, &mut again);
         let (_, rec) = open(&disk, Some(ck.clone()));
