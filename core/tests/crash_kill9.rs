@@ -105,8 +105,6 @@ fn snapshot_flags(start: usize) -> Vec<&'static str> {
     }
 }
 
-// ----- randomness -----
-
 fn seed() -> u64 {
     match std::env::var("CRASH_SEED") {
         Ok(s) => {
@@ -906,11 +904,11 @@ fn tail(s: &str, lines: usize) -> String {
 
 fn crash_under_load(driver: &str, seed: u64) {
     let started = Instant::now();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut srv = TestServer::start(driver, &snapshot_flags(0));
     let mut writers: Vec<Writer> = (0..WRITERS)
-        .map(|id| Writer { id, next_key: 0, seq: 0, live: BTreeMap::new(), last_rev: 0, rng: Rng(rng.next()) })
+        .map(|id| Writer { id, next_key: 0, seq: 0, live: BTreeMap::new(), last_rev: 0, rng: Rng::new(rng.next()) })
         .collect();
     let mut hist = History::default();
     let mut rev = 1;
@@ -1266,12 +1264,12 @@ fn restarts_are_invisible(driver: &str, seed: u64, flags: &[&str]) {
     let started = Instant::now();
     let etcd = Etcd::start();
     let mut srv = TestServer::start(driver, flags);
-    let mut rng = Rng(seed ^ 0xD1FF);
+    let mut rng = Rng::new(seed ^ 0xD1FF);
     let mut kill_at: BTreeSet<usize> = BTreeSet::new();
     while kill_at.len() < DIFF_KILLS {
         kill_at.insert(rng.between(10, DIFF_REQUESTS as i64 - 1) as usize);
     }
-    let mut gen = DiffGen { rng: Rng(rng.next()), rev: 1, compacted: 0, n: 0 };
+    let mut gen = DiffGen { rng: Rng::new(rng.next()), rev: 1, compacted: 0, n: 0 };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut ec = rt.block_on(Client::connect(etcd.client));
     let mut mc = rt.block_on(Client::connect(srv.addr));

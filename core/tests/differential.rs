@@ -74,8 +74,6 @@ const MAX_REQUEST_BYTES: usize = 1_572_864;
 /// compared up to the order of ties: see [`canon_range`].
 const SORT_STABLE_MAX: i64 = 12;
 
-// ----- randomness -----
-
 // ----- requests -----
 
 #[derive(Debug, Clone)]
@@ -228,7 +226,7 @@ struct Gen {
 
 impl Gen {
     fn new(seed: u64) -> Self {
-        Gen { rng: Rng(seed), queued: VecDeque::new() }
+        Gen { rng: Rng::new(seed), queued: VecDeque::new() }
     }
 
     fn key(&mut self) -> Vec<u8> {

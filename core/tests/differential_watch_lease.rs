@@ -84,8 +84,6 @@ const WATCH_IDS: [i64; 3] = [100, 101, 102];
 /// How long a stream must stay silent to count as quiet (etcd's catch-up runs every 100 ms).
 const QUIET: Duration = Duration::from_millis(250);
 
-// ----- randomness -----
-
 // ----- requests -----
 
 #[derive(Debug, Clone)]
@@ -720,7 +718,7 @@ fn kind(req: &Req) -> &'static str {
 
 async fn run_steps(seed: u64, n: usize, e: &mut Side, m: &mut Side, cov: &mut Coverage) -> Result<(), String> {
     let trace = std::env::var("DIFF_TRACE").is_ok();
-    let mut gen = Gen { rng: Rng(seed), tags: Vec::new() };
+    let mut gen = Gen { rng: Rng::new(seed), tags: Vec::new() };
     let none = vec![Vec::new(); STREAMS];
     let mut model = Model {
         rev: 1,

@@ -101,7 +101,7 @@ struct Stats {
 
 async fn run(seed: u64, driver: &str) -> Stats {
     let mut stats = Stats::default();
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut srv = TestServer::start(driver, &[]);
     let mut c = Client::connect([srv.url()], None).await.unwrap();
     let mut model: Vec<Change> = Vec::new();

@@ -1,21 +1,23 @@
-//! SplitMix64: a small, seedable generator for the randomized tests, so that a printed seed
-//! replays a failing run.
+//! The randomized tests' seeded generator: the storage crate's (`metastore_storage::fault::Rng`,
+//! which its crash tests use), with the draws these tests make. A printed seed replays a run.
+
+use metastore_storage::fault;
 
 #[derive(Clone)]
-pub struct Rng(pub u64);
+pub struct Rng(fault::Rng);
 
 impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(fault::Rng::new(seed))
+    }
+
     pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `0..n` (0 when `n` is 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.0.below(n)
     }
 
     /// Percent chance.
