@@ -358,6 +358,12 @@ impl Core {
         self.conns.borrow().iter().map(|(_, (_, c))| c.clone()).collect()
     }
 
+    /// Counts a batch written and synced in `took`: its write and its fdatasync.
+    fn flushed_in(&self, took: Duration) {
+        CoreStats::add(&self.stats().io_submissions, 2);
+        self.shared.shard_stats.record_fsync(took);
+    }
+
     /// Sends a request to the shard, or runs it here when the shard is local.
     pub fn submit(&self, env: Envelope, waker: &Waker) -> Submit {
         match &self.link {
@@ -622,8 +628,7 @@ pub async fn shard_loop(core: Rc<Core>) {
                 // A lone write: nothing to serve meanwhile, so no hand-off (Shard::sync_inline).
                 let started = Instant::now();
                 let done = flush.run_blocking();
-                CoreStats::add(&core.stats().io_submissions, 2);
-                core.shared.shard_stats.record_fsync(started.elapsed());
+                core.flushed_in(started.elapsed());
                 shard.borrow_mut().flush_done(done, &mut replies);
                 // What the batch committed is applied (and answered) by the next round's drive.
                 core.shard_wake.notify();
@@ -633,9 +638,7 @@ pub async fn shard_loop(core: Rc<Core>) {
                 monoio::spawn(async move {
                     let started = Instant::now();
                     let done = flush.run().await;
-                    // The batch's write and its fdatasync.
-                    CoreStats::add(&c.stats().io_submissions, 2);
-                    c.shared.shard_stats.record_fsync(started.elapsed());
+                    c.flushed_in(started.elapsed());
                     *c.flushed.borrow_mut() = Some(done);
                     c.shard_wake.notify();
                 });

@@ -145,19 +145,16 @@ impl<D: Disk> DurableHistory<D> {
         }
     }
 
-    /// Restores the slots of a checkpoint (in revision order: the map is built in one pass).
+    /// Restores the slots of a checkpoint into a new history (in revision order: the map is
+    /// built in one pass).
     fn restore_all(&mut self, slots: &[(Revision, Location, u32)]) {
+        debug_assert!(self.slots.is_empty(), "restored into a new history only");
         for (_, loc, bytes) in slots {
             self.bytes += *bytes as usize;
             self.add_live(*loc, *bytes);
         }
-        let restored: BTreeMap<Revision, Slot> =
+        self.slots =
             slots.iter().map(|(rev, loc, bytes)| (*rev, Slot { loc: *loc, mem: None, bytes: *bytes })).collect();
-        if self.slots.is_empty() {
-            self.slots = restored;
-        } else {
-            self.slots.extend(restored);
-        }
     }
 
     /// Where the record at `rev` is in the log, once it is durable there.
