@@ -615,8 +615,25 @@ fn lives(name: &str, s: usize, got: &[pb::WatchResponse]) -> Result<BTreeMap<i64
     Ok(by_id)
 }
 
-/// Compares the two servers' watch streams; the first difference.
-fn compare_watches(e: &Side, m: &Side) -> Result<usize, String> {
+/// Whether two deliveries of one revision differ only in a `prev_kv` that etcd left out and
+/// MetaStore sent, the revision being at or below the last compaction. etcd 3.4 looks the
+/// previous record up when it sends the event (a Range at the revision before, in the watch
+/// stream's send loop), so a compaction applied in between makes that lookup fail and the field
+/// go missing: a race inside etcd (the same seed agrees on one run and not the next).
+fn prev_kv_raced(p: &(i64, Vec<String>), q: &(i64, Vec<String>), compacted: i64) -> bool {
+    p.0 == q.0
+        && p.0 <= compacted
+        && p.1.len() == q.1.len()
+        && p.1.iter().zip(&q.1).all(|(a, b)| {
+            a == b
+                || (a.ends_with(" prev=[]")
+                    && b.split_once(" prev=[").is_some_and(|(head, _)| a == &format!("{head} prev=[]")))
+        })
+}
+
+/// Compares the two servers' watch streams; the first difference. `compacted` is the last
+/// compaction's revision (see [`prev_kv_raced`]).
+fn compare_watches(e: &Side, m: &Side, compacted: i64) -> Result<usize, String> {
     let mut events = 0;
     for s in 0..STREAMS {
         let el = lives("etcd", s, &e.got[s])?;
@@ -642,7 +659,7 @@ fn compare_watches(e: &Side, m: &Side) -> Result<usize, String> {
                 let n = if x.client_cancel { x.revs.len().min(y.revs.len()) } else { x.revs.len().max(y.revs.len()) };
                 for j in 0..n {
                     match (x.revs.get(j), y.revs.get(j)) {
-                        (Some(p), Some(q)) if p == q => events += p.1.len(),
+                        (Some(p), Some(q)) if p == q || prev_kv_raced(p, q, compacted) => events += p.1.len(),
                         (p, q) => {
                             return Err(format!(
                                 "{at}: revision #{j} differs\n  etcd:      {p:?}\n  metastore: {q:?}\n  etcd's revisions before: {:?}",
@@ -867,7 +884,7 @@ async fn run_steps(seed: u64, n: usize, e: &mut Side, m: &mut Side, cov: &mut Co
     }
     e.quiet().await?;
     m.quiet().await?;
-    let events = compare_watches(e, m)?;
+    let events = compare_watches(e, m, model.compacted)?;
     cov.0.insert("watch.events".into(), cov.get("watch.events") + events as u64);
     // The stores end equal too.
     let all = Req::Range(pb::RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() });
